@@ -1,0 +1,52 @@
+# Entry points. `make build-image` and `make test` work on a fresh Debian/Ubuntu machine (as root):
+# they create the Python environment and start the Docker engine when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VARIANT ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv engine build-image verify render lock test unit bench clean
+
+help:
+	@echo "make build-image [VARIANT=runtime]   build, tag and verify an image (default: the manifest's default)"
+	@echo "make test                            all tests (unit + integration against the real engine)"
+	@echo "make unit                            unit tests only (no engine)"
+	@echo "make bench                           benchmarks; results in bench/results/"
+	@echo "make render | lock                   regenerate images/ or manifests/locks/"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+engine:
+	scripts/start-engine
+
+build-image: venv engine
+	$(PY) build.py build $(VARIANT)
+
+verify: venv engine
+	$(PY) build.py verify $(or $(VARIANT),runtime)
+
+render: venv
+	$(PY) build.py render --all
+
+lock: venv
+	$(PY) build.py lock --all
+
+test: venv engine
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: venv engine
+	$(PY) bench/build.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Host-side builder: manifest → render → base → build → normalize → tag → verify → record → push."""

@@ -1,0 +1,67 @@
+"""The build context: rendered files + lock + selftest package + static rootfs + build CA, as a tar.
+
+Assembled at build time rather than committed, so images/ holds only what a reviewer should
+read (the Dockerfile), and the CA bundle never touches the repository.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from builder.errors import UserError
+from builder.manifest import ROOT, Variant
+from builder.render import IMAGES, TEMPLATES
+
+SELFTEST = ROOT / "selftest"
+ROOTFS = TEMPLATES / "rootfs"
+CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
+
+
+def find_ca_bundle(explicit: str | None) -> Path | None:
+    """--ca-bundle, else the first of SSL_CERT_FILE / REQUESTS_CA_BUNDLE / PIP_CERT that is set."""
+    if explicit:
+        path, source = Path(explicit), "--ca-bundle"
+    else:
+        found = [(Path(os.environ[k]), k) for k in CA_ENV if os.environ.get(k)]
+        if not found:
+            return None
+        path, source = found[0]
+    if not path.is_file():
+        raise UserError(f"{source}: CA bundle {path} does not exist; give an existing PEM file or unset it")
+    return path
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _tree(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
+def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
+    """A deterministic tar (sorted, fixed times and owners) so the layer cache sees only real changes."""
+    rendered = IMAGES / variant.name
+    dockerfile = rendered / "Dockerfile"
+    if not dockerfile.exists():
+        raise UserError(f"{dockerfile} is missing: run `python build.py render {variant.name}`")
+    if not variant.lock_path.exists():
+        raise UserError(f"{variant.lock_path} is missing: run `python build.py lock {variant.name}`")
+    epoch = variant.manifest.source_date_epoch
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("Dockerfile", "image.json"):
+            _add(tar, name, (rendered / name).read_bytes(), 0o644, epoch)
+        _add(tar, "requirements.lock", variant.lock_path.read_bytes(), 0o644, epoch)
+        _add(tar, "build-ca.pem", ca_bundle.read_bytes() if ca_bundle else b"", 0o600, epoch)
+        for top, prefix in ((SELFTEST, "selftest"), (ROOTFS, "rootfs")):
+            for path in _tree(top):
+                mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                _add(tar, f"{prefix}/{path.relative_to(top).as_posix()}", path.read_bytes(), mode, epoch)
+    buf.seek(0)
+    return buf

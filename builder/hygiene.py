@@ -1,0 +1,149 @@
+"""Scan every layer of an image for things that must not ship: the build CA, caches, keys.
+
+A file deleted in a later layer still ships in the earlier one, so the scan reads the layers
+(streamed from `docker save`, never the whole image in memory), not a container's view.
+"""
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import docker
+
+# Path patterns (fnmatch, no leading slash) whose presence in any layer is a finding.
+FORBIDDEN = {
+    "build CA bundle file": ["*build-ca.pem", "tmp/build/*"],
+    "pip cache": ["root/.cache/pip/*", "home/*/.cache/pip/*"],
+    "apt package lists": ["var/lib/apt/lists/*_Packages*", "var/lib/apt/lists/*_InRelease",
+                          "var/lib/apt/lists/*_Release*", "var/lib/apt/lists/*Translation*"],
+    "__pycache__ from the build stage": ["opt/venv/*__pycache__*"],
+    "SSH host key": ["etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub"],
+}
+PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----", re.S)
+PRIVATE_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----")
+SMALL = 2 * 1024 * 1024  # content is only inspected in files this small: certs and keys are tiny
+SYSTEM_STORE = "etc/ssl/certs/ca-certificates.crt"
+# Public bundles that arrive from hash-locked wheels; certs found in them are not build-only.
+PUBLIC_BUNDLES = ["*/certifi/cacert.pem"]
+HISTORY_MARKERS = ("build-ca", "PIP_CERT", "/tmp/build", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def cert_ids(pem: bytes) -> set[str]:
+    """Fingerprints of the certificates in a PEM blob (whitespace-insensitive)."""
+    ids = set()
+    for body in PEM_CERT.findall(pem):
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=False)
+        except ValueError:
+            continue
+        ids.add(hashlib.sha256(der).hexdigest())
+    return ids
+
+
+@dataclass
+class LayerScan:
+    """What one layer holds that matters for hygiene."""
+
+    findings: list[str] = field(default_factory=list)
+    cert_files: dict[str, set[str]] = field(default_factory=dict)  # path → cert ids
+    file_hashes: dict[str, str] = field(default_factory=dict)  # path → sha256, small files only
+
+
+def scan_layer(layer: IO[bytes]) -> LayerScan:
+    scan = LayerScan()
+    with tarfile.open(fileobj=layer, mode="r|") as tar:
+        for entry in tar:
+            path = entry.name.lstrip("./")
+            for what, patterns in FORBIDDEN.items():
+                if any(fnmatch.fnmatch(path, p) for p in patterns):
+                    scan.findings.append(f"{what}: /{path}")
+            if not entry.isfile() or entry.size > SMALL:
+                continue
+            data = tar.extractfile(entry).read()
+            scan.file_hashes[path] = hashlib.sha256(data).hexdigest()
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                scan.cert_files[path] = cert_ids(data)
+            if PRIVATE_KEY.search(data):
+                scan.findings.append(f"private key: /{path}")
+    return scan
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buffer))
+        b[:n], self._buffer = self._buffer[:n], self._buffer[n:]
+        return n
+
+
+def scan_saved(stream: IO[bytes]) -> list[LayerScan]:
+    """Scan a `docker save` stream; returns the layers in stack order (lowest first)."""
+    by_dir: dict[str, LayerScan] = {}
+    manifest = None
+    with tarfile.open(fileobj=stream, mode="r|") as outer:
+        for entry in outer:
+            if entry.name.endswith("/layer.tar"):
+                by_dir[entry.name] = scan_layer(outer.extractfile(entry))
+            elif entry.name == "manifest.json":
+                manifest = json.loads(outer.extractfile(entry).read())
+    if manifest is None:
+        raise ValueError("not a docker save archive: manifest.json missing")
+    return [by_dir[name] for name in manifest[0]["Layers"]]
+
+
+def judge(layers: list[LayerScan], build_bundle: bytes | None, history: list[str]) -> list[str]:
+    """Every finding: forbidden paths, build-only certificates, exact copies, telling history."""
+    findings = [f for layer in layers for f in layer.findings]
+    for line in history:
+        hits = [m for m in HISTORY_MARKERS if m in line]
+        if hits:
+            findings.append(f"history entry mentions {', '.join(hits)}: {line[:160]}")
+    if not build_bundle:
+        return findings
+    bundle_hash = hashlib.sha256(build_bundle).hexdigest()
+    # The OS's own store as first shipped, and public bundles from wheels, are the reference:
+    # a build CA merged into the system store later (update-ca-certificates) still counts.
+    reference: set[str] = set()
+    first_store = next((l.cert_files[SYSTEM_STORE] for l in layers if SYSTEM_STORE in l.cert_files), set())
+    reference |= first_store
+    for layer in layers:
+        for path, ids in layer.cert_files.items():
+            if any(fnmatch.fnmatch(path, p) for p in PUBLIC_BUNDLES):
+                reference |= ids
+    build_only = cert_ids(build_bundle) - reference
+    for layer in layers:
+        for path, digest in layer.file_hashes.items():
+            if digest == bundle_hash:
+                findings.append(f"copy of the build CA bundle: /{path}")
+        for path, ids in layer.cert_files.items():
+            if ids & build_only and layer.file_hashes.get(path) != bundle_hash:
+                findings.append(f"build-only CA certificate ({len(ids & build_only)}) in /{path}")
+    return findings
+
+
+def scan_image(c: docker.DockerClient, image: str, build_bundle: Path | None) -> list[str]:
+    """Findings for an image in the engine (empty means clean)."""
+    layers = scan_saved(io.BufferedReader(_ChunkReader(c.api.get_image(image)), buffer_size=1 << 20))
+    history = [h.get("CreatedBy", "") for h in c.api.history(image)]
+    return judge(layers, build_bundle.read_bytes() if build_bundle else None, history)

@@ -1,0 +1,100 @@
+"""The runtime image, built once per session by the real pipeline, run by the real engine."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder import engine, facts, hygiene, tags, verify
+from builder.context import find_ca_bundle
+from tests.conftest import ROOT, TEST_REPOSITORY
+
+
+def test_tags_name_what_is_inside(runtime_image, docker_client):
+    assert runtime_image.refs == [
+        f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime",
+        f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime-20261128",
+    ]
+    assert sorted(engine.tags_of(docker_client, runtime_image.image_id)) >= sorted(runtime_image.refs)
+    assert not any(t.endswith(":latest") for t in engine.tags_of(docker_client, runtime_image.image_id))
+
+
+def test_versions_inside_match_the_manifest(runtime_image):
+    found = runtime_image.facts
+    assert found["torch"] == "2.8.0+cu128"
+    assert found["cuda"] == "12.8"
+    assert found["cudnn"] == 91002
+    assert found["nccl"] == "2.27.3"
+    assert found["python"].startswith("3.12.")
+    assert (found["os_id"], found["os_version"]) == ("ubuntu", "24.04")
+
+
+def test_image_config(runtime_image, docker_client, the_manifest):
+    config = docker_client.api.inspect_image(runtime_image.image_id)["Config"]
+    assert config["User"] == f"{the_manifest.user['uid']}:{the_manifest.user['uid']}"
+    assert config["Entrypoint"][:2] == ["/usr/bin/tini", "--"]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in config["Env"]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in config["Env"]
+    assert config["Labels"]["pytorch-cuda.cudnn"] == "9.10.2.21"
+    assert config["Labels"]["org.opencontainers.image.version"] == "2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime"
+
+
+def test_verify_passes_every_check(runtime_image):
+    proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "verify", runtime_image.refs[0]],
+                          capture_output=True, text=True, cwd=ROOT)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    for check_id, _ in verify.CHECKS:
+        assert any(line.startswith("PASS") and f" {check_id} " in line for line in lines), check_id
+    assert f"{len(verify.CHECKS)} passed, 0 failed" in proc.stdout
+
+
+def test_the_build_ca_reached_no_layer(runtime_image, docker_client):
+    """The CA bundle pip used is on this machine; the scan looks for it in every layer."""
+    ca = find_ca_bundle(None)
+    assert ca is not None, "this machine's builds need a CA bundle (SSL_CERT_FILE); the test assumes one"
+    assert hygiene.scan_image(docker_client, runtime_image.image_id, ca) == []
+    history = " ".join(h["CreatedBy"] for h in docker_client.api.history(runtime_image.image_id))
+    assert "build-ca" not in history and "PIP_CERT" not in history
+
+
+def leaky_context(base: str, dockerfile: str, ca: bytes) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile.replace("BASE", base).encode()), ("build-ca.pem", ca)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("dockerfile", [
+    # copied under another name, then "removed" in a later layer: still shipped
+    "FROM BASE\nCOPY build-ca.pem /etc/pip-ca.crt\nRUN rm /etc/pip-ca.crt\n",
+    # merged into the system store, the way a careless Dockerfile trusts a proxy
+    "FROM BASE\nUSER root\nCOPY build-ca.pem /usr/local/share/ca-certificates/proxy.crt\n"
+    "RUN update-ca-certificates >/dev/null\n",
+], ids=["copied-then-deleted", "merged-into-system-store"])
+def test_a_leaky_build_is_caught(runtime_image, docker_client, the_manifest, dockerfile):
+    ca = find_ca_bundle(None)
+    image_id = engine.build(docker_client, leaky_context(the_manifest.base_ref, dockerfile, ca.read_bytes()),
+                            target="", quiet=True)
+    try:
+        findings = hygiene.scan_image(docker_client, image_id, ca)
+        assert findings, "the leak was not detected"
+        assert any("build CA" in f or "build-only CA certificate" in f for f in findings), findings
+    finally:
+        docker_client.images.remove(image_id, force=True)
+
+
+def test_torch_compile_and_pip_check_in_the_image(runtime_image, docker_client):
+    found = facts.collect(docker_client, runtime_image.image_id, full=True)
+    assert found["compile"] == {"ok": True, "error": None}
+    assert found["pip_check"]["exit_code"] == 0
+    assert found["pid1"] == "tini" and found["user"] == "user"
