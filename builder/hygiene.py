@@ -24,11 +24,11 @@ FORBIDDEN = {
     "pip cache": ["root/.cache/pip/*", "home/*/.cache/pip/*"],
     "apt package lists": ["var/lib/apt/lists/*_Packages*", "var/lib/apt/lists/*_InRelease",
                           "var/lib/apt/lists/*_Release*", "var/lib/apt/lists/*Translation*"],
-    "__pycache__ from the build stage": ["opt/venv/*__pycache__*"],
     "SSH host key": ["etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub"],
 }
 PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----", re.S)
-PRIVATE_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----")
+# A real key: the armour line followed by base64 (libraries that parse keys carry the bare line).
+PRIVATE_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40}")
 SMALL = 2 * 1024 * 1024  # content is only inspected in files this small: certs and keys are tiny
 SYSTEM_STORE = "etc/ssl/certs/ca-certificates.crt"
 # Public bundles that arrive from hash-locked wheels; certs found in them are not build-only.
@@ -71,8 +71,10 @@ def scan_layer(layer: IO[bytes]) -> LayerScan:
             scan.file_hashes[path] = hashlib.sha256(data).hexdigest()
             if b"-----BEGIN CERTIFICATE-----" in data:
                 scan.cert_files[path] = cert_ids(data)
-            if PRIVATE_KEY.search(data):
+            if PRIVATE_KEY.search(data) and not data.startswith(b"\x7fELF"):
                 scan.findings.append(f"private key: /{path}")
+            if path.startswith("opt/venv/") and path.endswith(".pyc") and data[4:8] == b"\0\0\0\0":
+                scan.findings.append(f"timestamp-based bytecode (differs per build): /{path}")
     return scan
 
 

@@ -6,6 +6,7 @@ config, and the layer scan; the list CHECKS is the whole policy, in one place.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -150,9 +151,12 @@ def variant_of(manifest: Manifest, config: dict[str, Any], fallback: str | None)
 
 
 def gather(c: docker.DockerClient, image: str, variant: Variant, ca_bundle: Path | None) -> Evidence:
+    """Run the image and scan its layers at the same time: one waits on the CPU, the other on disk."""
     config = c.api.inspect_image(image)["Config"]
-    return Evidence(variant=variant, facts=facts.collect(c, image, full=True), config=config,
-                    findings=hygiene.scan_image(c, image, ca_bundle))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        scan = pool.submit(hygiene.scan_image, c, image, ca_bundle)
+        found = facts.collect(c, image, full=True)
+        return Evidence(variant=variant, facts=found, config=config, findings=scan.result())
 
 
 def report(results: list[CheckResult], out: TextIO = sys.stdout) -> bool:
