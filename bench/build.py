@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Build benchmark: cold, warm and late-change rebuilds of the runtime image, next to a naive
+single-stage Dockerfile on the same base. Writes bench/results/build.json.
+
+Targets (issue 2): image no larger than the naive one; warm rebuild under 10 s; a late-layer
+change does not reinstall torch. Run with `make bench` (takes ~15 min on 2 cores).
+"""
+from __future__ import annotations
+
+import io
+import json
+import platform
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from builder import base, context, engine, manifest, pipeline  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "build.json"
+NAIVE = """FROM {base}
+COPY build-ca.pem /tmp/ca.pem
+RUN python3.12 -m venv /venv && PIP_CERT=/tmp/ca.pem /venv/bin/pip install --no-cache-dir torch=={torch} numpy
+"""
+
+
+def edited_context(variant, ca, edit_dockerfile=None, edit_image_json=None) -> io.BytesIO:
+    """The pipeline's own build context with one file changed, as a user's edit would."""
+    src = tarfile.open(fileobj=context.build_context(variant, ca))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "Dockerfile" and edit_dockerfile:
+                data = edit_dockerfile(data.decode()).encode()
+            if member.name == "image.json" and edit_image_json:
+                data = edit_image_json(data.decode()).encode()
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+def step_used_cache(build_log: str, needle: str) -> bool:
+    """Whether the classic builder took the step whose instruction contains needle from cache."""
+    steps = [s for s in build_log.split("Step ") if needle in s.split("\n", 1)[0] or needle in s[:400]]
+    return bool(steps) and all("Using cache" in s for s in steps)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, round(time.perf_counter() - start, 1)
+
+
+def main() -> int:
+    c = engine.client()
+    m = manifest.load()
+    variant = m.variant("runtime")
+    ca = context.find_ca_bundle(None)
+    base.ensure_base(c, m, quiet=True)
+    before = {i.id for i in c.images.list(all=True)}
+    results: dict = {"machine": {"cpus": platform.machine(), "nproc": __import__("os").cpu_count()},
+                     "variant": variant.name}
+    try:
+        cold, results["cold_build_s"] = timed(lambda: pipeline.build(
+            c, variant, repository="pytorch-cuda-bench", ca_bundle=None, nocache=True, quiet=True))
+        _, results["warm_rebuild_s"] = timed(lambda: pipeline.build(
+            c, variant, repository="pytorch-cuda-bench", quiet=True))
+        log = io.StringIO()
+        label_id, results["label_change_rebuild_s"] = timed(lambda: engine.build(
+            c, edited_context(variant, ca, edit_dockerfile=lambda d: d.replace(
+                "CMD [", 'LABEL bench.change="label"\nCMD [')), target="runtime", out=log))
+        late_log = io.StringIO()
+        late_id, results["late_layer_change_rebuild_s"] = timed(lambda: engine.build(
+            c, edited_context(variant, ca, edit_image_json=lambda j: j.replace('"H200": 3.5', '"H200": 3.6')),
+            target="runtime", out=late_log))
+        results["late_layer_change_reinstalled_torch"] = not step_used_cache(late_log.getvalue(), "pip install")
+        results["label_change_reinstalled_torch"] = not step_used_cache(log.getvalue(), "pip install")
+        naive_ctx = io.BytesIO()
+        with tarfile.open(fileobj=naive_ctx, mode="w") as tar:
+            for name, data in (("Dockerfile", NAIVE.format(base=m.base_ref, torch=variant.cuda.torch).encode()),
+                               ("build-ca.pem", ca.read_bytes() if ca else b"")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        naive_ctx.seek(0)
+        naive_id, results["naive_cold_build_s"] = timed(lambda: engine.build(
+            c, naive_ctx, target="", nocache=True, quiet=True))
+        results["image_size_bytes"] = c.images.get(cold.image_id).attrs["Size"]
+        results["naive_image_size_bytes"] = c.images.get(naive_id).attrs["Size"]
+        results["targets"] = {
+            "image_not_larger_than_naive": results["image_size_bytes"] <= results["naive_image_size_bytes"],
+            "warm_rebuild_under_10s": results["warm_rebuild_s"] < 10,
+            "late_change_does_not_reinstall_torch": not results["late_layer_change_reinstalled_torch"],
+        }
+    finally:
+        for image in c.images.list(all=True):
+            engine.untag(c, [t for t in image.tags if t.startswith("pytorch-cuda-bench:")])
+        for image in c.images.list(all=True):
+            if image.id not in before:
+                try:
+                    c.images.remove(image.id, force=True)
+                except Exception:
+                    pass
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The layer scan on hand-made layers: what it must find, and what it must let through."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tarfile
+
+from builder import hygiene
+
+
+def pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der)
+    return b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+
+
+PUBLIC = pem(b"public root certificate" * 4)
+PROXY = pem(b"intercepting proxy CA" * 4)
+BUILD_BUNDLE = PUBLIC + PROXY
+
+
+def layer(files: dict[str, bytes]) -> hygiene.LayerScan:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return hygiene.scan_layer(buf)
+
+
+OS_LAYER = {"etc/ssl/certs/ca-certificates.crt": PUBLIC, "usr/bin/true": b"\x7fELF..."}
+
+
+def test_clean_image_has_no_findings():
+    layers = [layer(OS_LAYER), layer({"opt/venv/lib/python3.12/site-packages/pip/_vendor/certifi/cacert.pem": PUBLIC})]
+    assert hygiene.judge(layers, BUILD_BUNDLE, ["COPY dir:abc in /opt/venv"]) == []
+
+
+def test_copy_of_the_bundle_is_found_even_if_a_later_layer_deletes_it():
+    layers = [layer(OS_LAYER), layer({"etc/pip.pem": BUILD_BUNDLE}), layer({"etc/.wh.pip.pem": b""})]
+    findings = hygiene.judge(layers, BUILD_BUNDLE, [])
+    assert "copy of the build CA bundle: /etc/pip.pem" in findings
+
+
+def test_proxy_ca_merged_into_the_system_store_is_found():
+    layers = [layer(OS_LAYER), layer({"etc/ssl/certs/ca-certificates.crt": PROXY + PUBLIC})]
+    findings = hygiene.judge(layers, BUILD_BUNDLE, [])
+    assert findings == ["build-only CA certificate (1) in /etc/ssl/certs/ca-certificates.crt"]
+
+
+def test_forbidden_paths():
+    layers = [layer({"root/.cache/pip/http/x": b"1", "var/lib/apt/lists/archive_noble_InRelease": b"2",
+                     "etc/ssh/ssh_host_ed25519_key": b"3", "tmp/build/requirements.lock": b"4"})]
+    findings = hygiene.judge(layers, None, [])
+    assert any(f.startswith("pip cache") for f in findings)
+    assert any(f.startswith("apt package lists") for f in findings)
+    assert any(f.startswith("SSH host key") for f in findings)
+    assert any(f.startswith("build CA bundle file: /tmp/build") for f in findings)
+
+
+def test_private_keys_but_not_libraries_that_parse_them():
+    key = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.b64encode(os.urandom(60)) + b"\n"
+    library = b"\x7fELF" + b"\0" * 10 + key
+    findings = hygiene.judge([layer({"home/user/.ssh/id_ed25519": key, "usr/lib/libtls.so": library})], None, [])
+    assert findings == ["private key: /home/user/.ssh/id_ed25519"]
+
+
+def test_timestamp_bytecode_in_the_venv_is_found_hash_based_is_not():
+    timestamp_pyc = b"\xcb\x0d\x0d\x0a" + b"\0\0\0\0" + b"\x01" * 8
+    hash_pyc = b"\xcb\x0d\x0d\x0a" + b"\x01\0\0\0" + b"\x01" * 8
+    findings = hygiene.judge([layer({"opt/venv/a/__pycache__/x.cpython-312.pyc": timestamp_pyc,
+                                     "opt/venv/a/__pycache__/y.cpython-312.pyc": hash_pyc})], None, [])
+    assert findings == ["timestamp-based bytecode (differs per build): /opt/venv/a/__pycache__/x.cpython-312.pyc"]
+
+
+def test_history_that_mentions_the_ca():
+    findings = hygiene.judge([layer({})], None, ["/bin/sh -c PIP_CERT=/ca.pem pip install torch"])
+    assert findings and "PIP_CERT" in findings[0]
