@@ -1,0 +1,448 @@
+"""The reference workload: GEMM, copy bandwidth, and a Llama-style decoder.
+
+Fixed seed; warm-up, then repeated timed runs summarised as median, p10/p90
+and coefficient of variation.  bf16 on a GPU, fp32 on a CPU.  Each part is
+guarded on its own so that one failure (out of memory, a broken kernel)
+becomes a failed check and the others still report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from . import roofline
+from .check import FAIL, PASS, WARN, Check
+from .decoder import Decoder
+from .shapes import MIB, Workload, workload_for
+from .stats import summarize
+from .timing import Timer
+
+SEED = 1234
+
+# Relative Frobenius error allowed against a float64 reference, by input dtype:
+# a few units of the output's rounding error (bf16 keeps 8 bits of mantissa).
+GEMM_TOLERANCE = {"bfloat16": 1e-2, "float16": 2e-3, "float32": 1e-4}
+GEMM_CHECK_SLICE = 256
+
+# Performance below this fraction of the datasheet usually means clocks held
+# down, a shared GPU or a misconfiguration rather than a slower image.
+DATASHEET_WARN_FRACTION = 0.5
+DECODE_CV_WARN = 0.03
+
+
+@dataclass
+class KernelRun:
+    """Results of the workload, and the checks it produced."""
+
+    workload: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    stability: dict = field(default_factory=dict)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _error_check(check_id: str, what: str, exc: BaseException) -> Check:
+    text = " ".join(str(exc).split())[:300]
+    remedy = "re-run; if it persists, check `nvidia-smi` and the driver"
+    if "out of memory" in text.lower():
+        remedy = "free GPU memory (other processes show in `nvidia-smi`) or run `selftest --quick`"
+    if os.environ.get("SELFTEST_DEBUG"):
+        traceback.print_exc()
+    return Check(check_id, FAIL, f"{what} failed: {type(exc).__name__}: {text}", remedy)
+
+
+def measure_gemm(torch: Any, timer: Timer, device: str, dtype: Any, w: Workload) -> tuple[dict, Check]:
+    """n x n x n matrix product: FLOP rate, and correctness against float64 on a slice."""
+    n = w.gemm_n
+    gen = torch.Generator(device=device)
+    gen.manual_seed(SEED)
+    a = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+
+    def op() -> None:
+        torch.mm(a, b, out=c)
+
+    timer.warmup(op, w.warmup_iters, w.warmup_seconds)
+    seconds = timer.time_each(op, w.gemm_iters)
+    flops = roofline.gemm_flops(n)
+    k = min(GEMM_CHECK_SLICE, n)
+    reference = a[:k].double() @ b[:, :k].double()
+    error = ((c[:k, :k].double() - reference).norm() / reference.norm()).item()
+    tolerance = GEMM_TOLERANCE.get(_dtype_name(dtype), 1e-2)
+    correct = error == error and error <= tolerance  # error == error is False for NaN
+    result = {
+        "n": n,
+        "dtype": _dtype_name(dtype),
+        "flops": flops,
+        "seconds": summarize(seconds),
+        "tflops": summarize([flops / s / 1e12 for s in seconds]),
+        "rel_error": error if error == error else None,
+        "tolerance": tolerance,
+        "correct": correct,
+    }
+    if correct:
+        check = Check(
+            "kernel.gemm", PASS, f"GEMM {n}^3 {_dtype_name(dtype)}: relative error {error:.2e} <= {tolerance:.0e}"
+        )
+    else:
+        check = Check(
+            "kernel.gemm",
+            FAIL,
+            f"GEMM {n}^3 {_dtype_name(dtype)} gives wrong results: relative error {error:.2e} > {tolerance:.0e}",
+            "the GPU or its math libraries compute wrong results: "
+            "drain the node and check the GPU (ECC, `nvidia-smi -q`)",
+        )
+    return result, check
+
+
+def measure_copy(torch: Any, timer: Timer, device: str, nbytes: int, w: Workload) -> tuple[dict, Check]:
+    """Device-to-device copy; bandwidth counts bytes read plus bytes written."""
+    count = nbytes // 4
+    src = torch.arange(count, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+
+    def op() -> None:
+        dst.copy_(src)
+
+    timer.warmup(op, w.warmup_iters, w.warmup_seconds)
+    seconds = timer.time_each(op, w.copy_iters)
+    moved = roofline.copy_bytes_moved(count * 4)
+    correct = bool(torch.equal(dst[-4096:], src[-4096:]))
+    result = {
+        "bytes": count * 4,
+        "bytes_moved": moved,
+        "seconds": summarize(seconds),
+        "gb_per_s": summarize([moved / s / 1e9 for s in seconds]),
+        "correct": correct,
+    }
+    if correct:
+        check = Check("kernel.copy", PASS, f"copied {count * 4 / MIB:.0f} MiB {w.copy_iters} times, contents verified")
+    else:
+        check = Check(
+            "kernel.copy",
+            FAIL,
+            "device copy produced different bytes",
+            "the GPU corrupts memory: drain the node and check ECC (`nvidia-smi -q -d ECC`)",
+        )
+    return result, check
+
+
+def _capture_graph(torch: Any, model: Decoder) -> tuple[Any, Any]:
+    """Capture one decode step in a CUDA graph; returns the graph and its logits tensor.
+
+    CUDA requires the warm-up before capture to run on a side stream.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model.decode_step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = model.decode_step()
+    torch.cuda.synchronize()
+    return graph, logits
+
+
+def _graph_for_decode(torch: Any, model: Decoder, first: Any, position: int) -> tuple[Any, Optional[str]]:
+    """A verified CUDA graph of the decode step, or None and the reason."""
+    try:
+        model.start_decode(first, position)
+        eager = model.decode_step().float().clone()
+        graph, logits = _capture_graph(torch, model)
+        model.start_decode(first, position)
+        graph.replay()
+        replayed = logits.float()
+        scale = float(eager.abs().max().item()) or 1.0
+        diff = float((replayed - eager).abs().max().item())
+        if not diff <= 2e-2 * scale:
+            return None, f"CUDA graph replay disagrees with eager decode (max diff {diff:.3g}); decode timed eagerly"
+        return graph, None
+    except Exception as exc:
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
+        return None, f"CUDA graph capture failed, decode timed eagerly: {type(exc).__name__}: {exc}"[:300]
+
+
+def measure_decoder(
+    torch: Any, timer: Timer, device: str, dtype: Any, w: Workload, telemetry: Any
+) -> tuple[dict, dict, dict, list[Check]]:
+    """Prefill and decode of the reference decoder; returns (workload, prefill, decode, checks)."""
+    s = w.decoder
+    checks: list[Check] = []
+    model = Decoder(torch, s, device, dtype, SEED)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(SEED + 1)
+    prompt = torch.randint(0, s.vocab, (s.batch, s.prompt_len), generator=gen, device=device)
+
+    def prefill() -> Any:
+        return model.prefill(prompt)
+
+    timer.warmup(prefill, max(1, w.warmup_iters // 2), w.warmup_seconds)
+    timer.sync()
+    telemetry.begin_phase("prefill")
+    prefill_seconds = timer.time_each(prefill, w.prefill_iters)
+    timer.sync()
+    telemetry.end_phase("prefill", w.prefill_iters * s.batch * s.prompt_len)
+    first = model.prefill(prompt).argmax(dim=-1)
+
+    # Decode: a CUDA graph on the GPU removes per-kernel launch cost, which
+    # would otherwise dominate a small model's step; eager on the CPU.
+    graph, graph_note = None, None
+    if timer.cuda and not os.environ.get("SELFTEST_NO_CUDA_GRAPH"):
+        graph, graph_note = _graph_for_decode(torch, model, first, s.prompt_len)
+
+    def step() -> None:
+        if graph is not None:
+            graph.replay()
+        else:
+            model.decode_step()
+
+    def decode_run() -> None:
+        for _ in range(s.new_tokens):
+            step()
+
+    # warm-up run, then the timed runs, each from the same prefilled state
+    model.start_decode(first, s.prompt_len)
+    decode_run()
+    timer.sync()
+    run_seconds = []
+    telemetry.begin_phase("decode")
+    for _ in range(w.decode_runs):
+        model.start_decode(first, s.prompt_len)
+        run_seconds.append(timer.time_once(decode_run))
+    timer.sync()
+    telemetry.end_phase("decode", w.decode_runs * s.batch * s.new_tokens)
+
+    model.start_decode(first, s.prompt_len)
+    last_logits = model.decode_step()
+    finite = bool(torch.isfinite(last_logits.float()).all().item())
+    in_range = bool(((model.token >= 0) & (model.token < s.vocab)).all().item())
+
+    params = roofline.decoder_params(s)
+    workload = dict(
+        s.to_dict(),
+        dtype=_dtype_name(dtype),
+        params=params,
+        weight_bytes=params * torch.tensor([], dtype=dtype).element_size(),
+        prefill_iters=w.prefill_iters,
+        decode_runs=w.decode_runs,
+        cuda_graph=graph is not None,
+    )
+    prefill_tokens = s.batch * s.prompt_len
+    prefill_median = summarize(prefill_seconds)["median"]
+    prefill_result = {
+        "tokens": prefill_tokens,
+        "seconds": summarize(prefill_seconds),
+        "tokens_per_second": prefill_tokens / prefill_median,
+        "time_to_first_token_s": prefill_median,
+    }
+    decode_tokens = s.batch * s.new_tokens
+    decode_result = {
+        "tokens_per_run": decode_tokens,
+        "run_seconds": summarize(run_seconds),
+        "tokens_per_second": summarize([decode_tokens / t for t in run_seconds]),
+        "time_per_output_token_s": summarize(run_seconds)["median"] / s.new_tokens,
+        "cuda_graph": graph is not None,
+        "note": graph_note,
+    }
+    if finite and in_range:
+        checks.append(
+            Check(
+                "kernel.decoder",
+                PASS,
+                f"decoder {params / 1e6:.0f}M params ran prefill {s.batch}x{s.prompt_len} and decode "
+                f"{s.batch}x{s.new_tokens}" + (" (CUDA graph)" if graph is not None else ""),
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "kernel.decoder",
+                FAIL,
+                "decoder produced non-finite logits or invalid tokens",
+                "the GPU computes wrong results: drain the node and check the GPU",
+            )
+        )
+    if graph_note:
+        checks.append(
+            Check(
+                "kernel.cuda_graph",
+                WARN,
+                graph_note,
+                "decode throughput is understated; report this with the fingerprint",
+            )
+        )
+    return workload, prefill_result, decode_result, checks
+
+
+def roofline_results(w: Workload, dtype_bytes: int, results: dict, device_name: Optional[str], bf16: bool) -> dict:
+    """Decode against bandwidth, prefill against FLOP rate: measured and datasheet ceilings."""
+    s = w.decoder
+    gemm, copy = results.get("gemm"), results.get("copy")
+    prefill, decode = results.get("prefill"), results.get("decode")
+    copy_bw = copy["gb_per_s"]["median"] * 1e9 if copy else None
+    gemm_rate = gemm["tflops"]["median"] * 1e12 if gemm else None
+    peak = roofline.datasheet_peak(device_name)
+    out: dict = {"datasheet": peak.to_dict() if peak else None}
+    step_bytes = roofline.decode_bytes_per_step(s, dtype_bytes)
+    out["decode_bytes_per_step"] = step_bytes
+    out["decode_context_mean"] = roofline.mean_decode_context(s)
+    if decode:
+        step_s = decode["time_per_output_token_s"]
+        out["decode_achieved_bytes_per_s"] = step_bytes / step_s
+        out["decode_bandwidth_efficiency"] = roofline.bandwidth_efficiency(step_bytes, step_s, copy_bw)
+        out["decode_bandwidth_efficiency_datasheet"] = (
+            roofline.bandwidth_efficiency(step_bytes, step_s, peak.memory_bandwidth_bytes_per_s) if peak else None
+        )
+    flops = roofline.prefill_flops(s)
+    out["prefill_flops"] = flops
+    if prefill:
+        t = prefill["seconds"]["median"]
+        out["prefill_achieved_flops_per_s"] = flops / t
+        out["prefill_compute_efficiency"] = roofline.compute_efficiency(flops, t, gemm_rate)
+        out["prefill_compute_efficiency_datasheet"] = (
+            roofline.compute_efficiency(flops, t, peak.bf16_dense_flops) if peak and bf16 else None
+        )
+    if peak and gemm and bf16:
+        out["gemm_efficiency_datasheet"] = gemm_rate / peak.bf16_dense_flops
+    if peak and copy:
+        out["copy_efficiency_datasheet"] = copy_bw / peak.memory_bandwidth_bytes_per_s
+    return out
+
+
+def datasheet_checks(roof: dict) -> list[Check]:
+    """Warn when the GPU reaches far less than its datasheet: held-down clocks, sharing, MIG..."""
+    peak = roof.get("datasheet")
+    if not peak:
+        return []
+    checks = []
+    for key, what in (("gemm_efficiency_datasheet", "GEMM bf16 rate"), ("copy_efficiency_datasheet", "copy bandwidth")):
+        frac = roof.get(key)
+        if frac is None:
+            continue
+        if frac < DATASHEET_WARN_FRACTION:
+            checks.append(
+                Check(
+                    f"perf.{key.split('_')[0]}",
+                    WARN,
+                    f"{what} is {frac:.0%} of the {peak['name']} datasheet",
+                    "check clocks and throttling (`nvidia-smi -q -d PERFORMANCE`) and other processes on the GPU",
+                )
+            )
+        else:
+            checks.append(
+                Check(f"perf.{key.split('_')[0]}", PASS, f"{what} is {frac:.0%} of the {peak['name']} datasheet")
+            )
+    return checks
+
+
+def stability_section(results: dict, mode: str) -> tuple[dict, list[Check]]:
+    def cv(section: str, key: str) -> Optional[float]:
+        part = results.get(section)
+        return part[key]["cv"] if part else None
+
+    decode_cv = cv("decode", "tokens_per_second")
+    stability = {
+        "decode_tokens_per_second_cv": decode_cv,
+        "prefill_seconds_cv": cv("prefill", "seconds"),
+        "gemm_tflops_cv": cv("gemm", "tflops"),
+        "copy_gb_per_s_cv": cv("copy", "gb_per_s"),
+        "decode_runs": results["decode"]["tokens_per_second"]["n"] if results.get("decode") else 0,
+        "decode_cv_limit": DECODE_CV_WARN,
+        "decode_stable": None if decode_cv is None else decode_cv <= DECODE_CV_WARN,
+    }
+    checks = []
+    if mode == "gpu" and decode_cv is not None and decode_cv > DECODE_CV_WARN:
+        checks.append(
+            Check(
+                "stability.decode",
+                WARN,
+                f"decode tokens/s varies by {decode_cv:.1%} across runs (limit {DECODE_CV_WARN:.0%})",
+                "another process may share the GPU, or clocks are not steady: compare with `nvidia-smi`",
+            )
+        )
+    return stability, checks
+
+
+def run(mode: str, quick: bool, telemetry: Any, device_name: Optional[str]) -> KernelRun:
+    """Run the whole workload on cuda:0 (mode 'gpu') or the CPU (mode 'cpu')."""
+    import torch  # noqa: PLC0415 - lazily: the package imports without torch
+
+    gpu = mode == "gpu"
+    device = "cuda:0" if gpu else "cpu"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    dtype_bytes = torch.tensor([], dtype=dtype).element_size()
+    w = workload_for(mode, quick)
+    if gpu:
+        free, _total = torch.cuda.mem_get_info(0)
+        copy_bytes = min(w.copy_bytes, max(64 * MIB, free // 8 // MIB * MIB))
+        if copy_bytes != w.copy_bytes:
+            w = replace(w, copy_bytes=copy_bytes)
+    torch.manual_seed(SEED)
+    timer = Timer(torch, device)
+    kr = KernelRun()
+    kr.workload = {
+        "device": device,
+        "device_name": device_name,
+        "dtype": _dtype_name(dtype),
+        "seed": SEED,
+        "quick": quick,
+        "threads": torch.get_num_threads(),
+        "gemm": {"n": w.gemm_n, "iters": w.gemm_iters, "warmup_iters": w.warmup_iters},
+        "copy": {"bytes": w.copy_bytes, "iters": w.copy_iters},
+        "decoder": dict(w.decoder.to_dict(), dtype=_dtype_name(dtype)),
+    }
+    started = time.perf_counter()
+
+    def release() -> None:
+        if gpu:
+            try:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            except Exception:
+                pass
+
+    with torch.inference_mode():
+        try:
+            kr.results["gemm"], check = measure_gemm(torch, timer, device, dtype, w)
+            kr.checks.append(check)
+        except Exception as exc:
+            kr.results["gemm"] = None
+            kr.checks.append(_error_check("kernel.gemm", "GEMM", exc))
+        release()
+        try:
+            kr.results["copy"], check = measure_copy(torch, timer, device, w.copy_bytes, w)
+            kr.checks.append(check)
+        except Exception as exc:
+            kr.results["copy"] = None
+            kr.checks.append(_error_check("kernel.copy", "copy bandwidth", exc))
+        release()
+        try:
+            decoder_workload, kr.results["prefill"], kr.results["decode"], checks = measure_decoder(
+                torch, timer, device, dtype, w, telemetry
+            )
+            kr.workload["decoder"] = decoder_workload
+            kr.checks.extend(checks)
+        except Exception as exc:
+            kr.results["prefill"] = kr.results["decode"] = None
+            kr.checks.append(_error_check("kernel.decoder", "reference decoder", exc))
+        release()
+    kr.results["roofline"] = roofline_results(w, dtype_bytes, kr.results, device_name if gpu else None, gpu)
+    kr.checks.extend(datasheet_checks(kr.results["roofline"]))
+    kr.stability, checks = stability_section(kr.results, mode)
+    kr.checks.extend(checks)
+    kr.results["seconds"] = time.perf_counter() - started
+    return kr

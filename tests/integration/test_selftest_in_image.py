@@ -1,0 +1,91 @@
+"""The probe inside the built runtime image, on the CPU (no GPU here): real runs, real fingerprints."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from selftest import fingerprint
+from tests.conftest import ROOT
+
+# Runs in the image with the checkout's selftest on PYTHONPATH: the cached decode step must
+# compute what a full recompute of the sequence computes.
+DECODE_EQUIVALENCE = """
+import torch
+from selftest.decoder import Decoder
+from selftest.shapes import DecoderShape
+shape = DecoderShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab=97, batch=2,
+                     prompt_len=7, new_tokens=5)
+with torch.inference_mode():
+    model = Decoder(torch, shape, "cpu", torch.float32, seed=0)
+    prompt = torch.randint(0, shape.vocab, (shape.batch, shape.prompt_len), generator=torch.Generator().manual_seed(1))
+    first = model.prefill(prompt).argmax(-1)
+    model.start_decode(first, shape.prompt_len)
+    sequence = torch.cat([prompt, first[:, None]], dim=1)
+    for _ in range(shape.new_tokens - 1):
+        cached = model.decode_step()
+        reference = Decoder(torch, shape, "cpu", torch.float32, seed=0).prefill(sequence)
+        torch.testing.assert_close(cached, reference, rtol=1e-4, atol=1e-4)
+        sequence = torch.cat([sequence, cached.argmax(-1)[:, None]], dim=1)
+print("EQUIVALENT")
+"""
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    os.chmod(tmp_path, 0o777)  # the container's non-root user writes the fingerprint here
+    return tmp_path
+
+
+def test_selftest_quick_in_the_image_writes_a_valid_fingerprint(runtime_image, containers, docker_client, outdir):
+    result = containers.run(runtime_image.refs[0], ["selftest", "--quick", "--out", "/out/fp.json",
+                                                    "--gpu-hour-usd", "0.8"],
+                            volumes={str(outdir): {"bind": "/out", "mode": "rw"}})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    doc = json.loads((outdir / "fp.json").read_text())
+    assert fingerprint.schema_errors(doc) == []
+    assert doc["mode"] == "cpu" and doc["quick"] is True
+    labels = docker_client.api.inspect_image(runtime_image.image_id)["Config"]["Labels"]
+    env = doc["environment"]
+    assert env["image"]["inside_image"] is True
+    assert env["image"]["tag"] == "pytorch-cuda:" + labels["org.opencontainers.image.version"]
+    assert env["versions"]["torch"].split("+")[0] == labels["pytorch-cuda.torch"]
+    assert env["versions"]["torch_cuda"] == labels["pytorch-cuda.cuda"]
+    assert labels["pytorch-cuda.cudnn"].startswith(env["versions"]["cudnn"])
+    assert env["versions"]["nccl"] == labels["pytorch-cuda.nccl"]
+    by_id = {c["id"]: c["status"] for c in doc["checks"]}
+    for check_id in ("python.version", "torch.version", "cuda.version", "cudnn.version", "nccl.version"):
+        assert by_id.get(check_id) == "pass", (check_id, by_id)
+    tps = doc["cost"]["output"]["tokens_per_second"]
+    assert tps > 0
+    assert doc["cost"]["output"]["usd_per_1k_tokens"] == pytest.approx(0.8 * 1000 / (3600 * tps))
+
+
+def test_require_gpu_without_a_gpu_fails_with_the_reason(runtime_image, containers, outdir):
+    result = containers.run(runtime_image.refs[0], ["selftest", "--quick", "--require-gpu", "--out", "/out/fp.json"],
+                            volumes={str(outdir): {"bind": "/out", "mode": "rw"}})
+    assert result.exit_code == 1, result.output
+    doc = json.loads((outdir / "fp.json").read_text())
+    assert fingerprint.schema_errors(doc) == []
+    failed = [c for c in doc["checks"] if c["status"] == "fail"]
+    assert any(c["id"] == "cuda.available" for c in failed)
+    assert all(c["remedy"] for c in failed)
+
+
+def test_python_m_selftest_from_the_checkout(runtime_image, containers, outdir):
+    """The package as checked out (not the copy baked into the image), run with `python -m selftest`."""
+    result = containers.run(runtime_image.refs[0], ["python", "-m", "selftest", "--quick", "--out", "/out/fp.json"],
+                            volumes={str(outdir): {"bind": "/out", "mode": "rw"},
+                                     str(ROOT / "selftest"): {"bind": "/src/selftest", "mode": "ro"}},
+                            environment={"PYTHONPATH": "/src"})
+    assert result.exit_code == 0, result.output
+    assert fingerprint.schema_errors(json.loads((outdir / "fp.json").read_text())) == []
+
+
+def test_cached_decode_equals_full_recompute(runtime_image, containers):
+    result = containers.run(runtime_image.refs[0], ["python", "-c", DECODE_EQUIVALENCE],
+                            volumes={str(ROOT / "selftest"): {"bind": "/src/selftest", "mode": "ro"}},
+                            environment={"PYTHONPATH": "/src"})
+    assert result.exit_code == 0 and "EQUIVALENT" in result.output, result.output

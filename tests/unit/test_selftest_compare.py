@@ -1,0 +1,84 @@
+"""selftest compare: throughput regressions, comparability, exit codes."""
+
+import json
+
+import pytest
+
+import selftest_samples
+from selftest import compare
+from selftest.__main__ import main
+
+
+def test_identical_fingerprints_do_not_regress():
+    doc = selftest_samples.sample_fingerprint()
+    result = compare.compare(doc, doc)
+    assert result.exit_code == 0 and not result.regressions and not result.incomparable
+
+
+def test_decode_drop_beyond_tolerance_is_a_regression():
+    old = selftest_samples.sample_fingerprint(decode_tps=10000.0)
+    new = selftest_samples.sample_fingerprint(decode_tps=8500.0)  # -15%
+    result = compare.compare(old, new, tolerance=0.10)
+    assert result.exit_code == 3
+    assert any("decode tokens/s" in r for r in result.regressions)
+    assert compare.compare(old, new, tolerance=0.20).exit_code == 0
+
+
+def test_small_drop_within_tolerance_passes():
+    old = selftest_samples.sample_fingerprint(decode_tps=10000.0)
+    new = selftest_samples.sample_fingerprint(decode_tps=9500.0)
+    assert compare.compare(old, new).exit_code == 0
+
+
+def test_other_gpu_is_not_comparable():
+    old = selftest_samples.sample_fingerprint(gpu="NVIDIA H200", decode_tps=10000.0)
+    new = selftest_samples.sample_fingerprint(gpu="NVIDIA H100 80GB HBM3", decode_tps=7000.0)
+    result = compare.compare(old, new)
+    assert result.exit_code == 3 and any("GPU model" in i for i in result.incomparable)
+    assert not result.regressions  # slower on another GPU is not a regression of this one
+    assert {m["verdict"] for m in result.metrics} == {"not comparable"}
+
+
+def test_version_change_is_listed_not_a_regression():
+    old = selftest_samples.sample_fingerprint()
+    new = selftest_samples.variant(old, **{"environment.versions.torch": "2.9.0+cu128"})
+    result = compare.compare(old, new)
+    assert result.exit_code == 0
+    assert any(c.startswith("torch:") for c in result.changes)
+
+
+def test_newly_failing_check_is_a_regression():
+    old = selftest_samples.sample_fingerprint()
+    new = selftest_samples.variant(
+        old, checks=[{"id": "cuda.available", "status": "fail", "message": "gone", "remedy": "x"}]
+    )
+    assert compare.compare(old, new).exit_code == 3
+
+
+def test_compare_command(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(selftest_samples.sample_fingerprint(decode_tps=10000.0)))
+    new.write_text(json.dumps(selftest_samples.sample_fingerprint(decode_tps=5000.0)))
+    assert main(["compare", str(old), str(old)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    assert main(["compare", str(old), str(new), "--tolerance", "0.10"]) == 3
+    assert "REGRESSIONS" in capsys.readouterr().out
+    assert main(["compare", str(old), str(new), "--json"]) == 3
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 3
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"a": 1}'])
+def test_compare_bad_input_is_a_usage_error(tmp_path, content, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(selftest_samples.sample_fingerprint()))
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    assert main(["compare", str(good), str(bad)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_tolerance_must_be_a_fraction(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(selftest_samples.sample_fingerprint()))
+    assert main(["compare", str(good), str(good), "--tolerance", "10"]) == 2

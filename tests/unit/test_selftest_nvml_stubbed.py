@@ -1,0 +1,338 @@
+"""NVML error mapping and health checks with a STUBBED pynvml module.
+
+No machine here can produce a missing NVML library, an old driver, ECC errors
+or retired pages on demand, so these tests put a fake ``pynvml`` into
+sys.modules.  Every test that does says so in its name (``stubbed_nvml``).
+"""
+
+import sys
+import types
+
+import pytest
+
+import selftest_samples  # noqa: F401  (puts the repo root on sys.path)
+from selftest import nvml, validate
+from selftest.check import FAIL, PASS, SKIP, WARN
+from selftest.imageinfo import ImageInfo
+
+
+class FakeNVMLError(Exception):
+    def __init__(self, value):
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self):
+        return f"fake NVML error {self.value}"
+
+
+NOT_SUPPORTED = object()  # marker: this field raises NVMLError_NotSupported
+
+
+def fake_pynvml(init_error=None, driver="570.133.20", cuda_driver=12080, devices=None):
+    """A module that looks like pynvml, answering from plain data."""
+    devices = devices if devices is not None else [healthy_device()]
+    m = types.ModuleType("pynvml")
+    m.NVMLError = FakeNVMLError
+    for name, code in (
+        ("NVMLError_NotSupported", 3),
+        ("NVMLError_LibraryNotFound", 12),
+        ("NVMLError_DriverNotLoaded", 9),
+        ("NVMLError_GpuIsLost", 15),
+    ):
+        setattr(
+            m, name, type(name, (FakeNVMLError,), {"__init__": lambda self, c=code: FakeNVMLError.__init__(self, c)})
+        )
+    m.calls = []
+
+    def init():
+        if init_error is not None:
+            raise init_error
+
+    m.nvmlInit = init
+    m.nvmlShutdown = lambda: None
+
+    def answer(index, key, *extra):
+        value = devices[index].get(key, NOT_SUPPORTED)
+        if value is NOT_SUPPORTED:
+            raise m.NVMLError_NotSupported()
+        if isinstance(value, Exception):
+            raise value
+        return value(*extra) if callable(value) else value
+
+    m.nvmlSystemGetDriverVersion = lambda: driver.encode()  # old pynvml returns bytes
+    m.nvmlSystemGetCudaDriverVersion_v2 = lambda: cuda_driver
+    m.nvmlDeviceGetCount = lambda: len(devices)
+    m.nvmlDeviceGetHandleByIndex = lambda i: i
+    table = {
+        "nvmlDeviceGetName": "name",
+        "nvmlDeviceGetUUID": "uuid",
+        "nvmlDeviceGetPciInfo": "pci",
+        "nvmlDeviceGetCudaComputeCapability": "cc",
+        "nvmlDeviceGetMemoryInfo": "mem",
+        "nvmlDeviceGetClockInfo": "clock",
+        "nvmlDeviceGetMaxClockInfo": "max_clock",
+        "nvmlDeviceGetEnforcedPowerLimit": "power_limit",
+        "nvmlDeviceGetTemperature": "temp",
+        "nvmlDeviceGetEccMode": "ecc_mode",
+        "nvmlDeviceGetTotalEccErrors": "ecc_errors",
+        "nvmlDeviceGetRetiredPages": "retired",
+        "nvmlDeviceGetRetiredPagesPendingStatus": "retired_pending",
+        "nvmlDeviceGetRemappedRows": "remapped",
+        "nvmlDeviceGetCurrentClocksThrottleReasons": "throttle",
+        "nvmlDeviceGetPowerUsage": "power",
+        "nvmlDeviceGetTotalEnergyConsumption": "energy",
+        "nvmlDeviceGetUtilizationRates": "util",
+    }
+    for function, key in table.items():
+        setattr(m, function, lambda h, *extra, _k=key: answer(h, _k, *extra))
+    return m
+
+
+def healthy_device(**overrides):
+    device = {
+        "name": b"NVIDIA H200",
+        "uuid": "GPU-0000-1111",
+        "pci": types.SimpleNamespace(busId=b"00000000:19:00.0"),
+        "cc": (9, 0),
+        "mem": types.SimpleNamespace(total=150 * 2**30, used=2**30, free=149 * 2**30),
+        "clock": lambda kind: 1980 if kind == nvml.CLOCK_SM else 3201,
+        "max_clock": lambda kind: 1980 if kind == nvml.CLOCK_SM else 3201,
+        "power_limit": 700000,
+        "temp": 35,
+        "ecc_mode": (1, 1),
+        "ecc_errors": lambda kind, counter: 0,
+        "retired": lambda cause: [],
+        "retired_pending": 0,
+        "remapped": (0, 0, 0, 0),
+        "throttle": 0x1,
+        "power": 120000,
+        "energy": 1_000_000,
+        "util": types.SimpleNamespace(gpu=0, memory=0),
+    }
+    device.update(overrides)
+    return device
+
+
+@pytest.fixture
+def no_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+def install(monkeypatch, module):
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return module
+
+
+def check(result, check_id):
+    return next(c for c in result.checks if c.id == check_id)
+
+
+# ---------------------------------------------------------------- initialisation
+
+
+def test_stubbed_nvml_library_not_found_says_run_with_gpus_all(monkeypatch):
+    m = fake_pynvml()
+    install(monkeypatch, fake_pynvml(init_error=m.NVMLError_LibraryNotFound()))
+    with pytest.raises(nvml.NvmlUnavailable) as info:
+        nvml.load()
+    assert info.value.message == (
+        "NVML not visible: run with `--gpus all` and `NVIDIA_DRIVER_CAPABILITIES` including utility"
+    )
+    assert "--gpus all" in info.value.remedy
+
+
+def test_stubbed_nvml_library_not_found_is_a_warning_not_a_failure(monkeypatch, no_torch):
+    m = fake_pynvml()
+    install(monkeypatch, fake_pynvml(init_error=m.NVMLError_LibraryNotFound()))
+    result = validate.run(ImageInfo(path="/absent"), environ={})
+    assert check(result, "nvml").status == WARN
+    assert "NVML not visible" in check(result, "nvml").message
+
+
+def test_stubbed_nvml_driver_not_loaded(monkeypatch):
+    m = fake_pynvml()
+    install(monkeypatch, fake_pynvml(init_error=m.NVMLError_DriverNotLoaded()))
+    with pytest.raises(nvml.NvmlUnavailable) as info:
+        nvml.load()
+    assert "driver is not loaded" in info.value.message
+
+
+def test_stubbed_nvml_version_mismatch_after_driver_upgrade():
+    err = nvml.describe_init_error(FakeNVMLError(nvml.ERROR_LIB_RM_VERSION_MISMATCH))
+    assert "reboot" in err.remedy
+
+
+def test_missing_pynvml_package_fails_only_inside_an_image(monkeypatch, no_torch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    outside = validate.run(ImageInfo(path="/absent"), environ={})
+    assert check(outside, "nvml").status == WARN
+    inside = validate.run(ImageInfo(path="/x", found=True, labels={"pytorch-cuda.torch": "2.8.0"}), environ={})
+    assert check(inside, "nvml").status == FAIL
+    assert "nvidia-ml-py" in check(inside, "nvml").remedy
+
+
+# ---------------------------------------------------------------- fields
+
+
+def test_stubbed_nvml_not_supported_fields_are_null_not_failures(monkeypatch, no_torch):
+    bare = {"name": "NVIDIA Something", "uuid": "GPU-9"}  # every other query raises NotSupported
+    install(monkeypatch, fake_pynvml(devices=[bare]))
+    result = validate.run(ImageInfo(path="/absent"), environ={})
+    device = result.nvml_devices[0]
+    assert device["name"] == "NVIDIA Something"
+    for key in (
+        "ecc_enabled",
+        "ecc_uncorrected_volatile",
+        "retired_pages_double_bit",
+        "remapped_rows_pending",
+        "power_limit_w",
+        "compute_capability",
+        "memory_total_bytes",
+        "throttle_reasons",
+        "pci_bus_id",
+    ):
+        assert device[key] is None, key
+    assert check(result, "nvml").status == PASS
+    assert check(result, "gpu.0.health").status == PASS
+    assert "n/a" in check(result, "gpu.0.health").message
+
+
+def test_stubbed_nvml_healthy_device_fields(monkeypatch):
+    module = install(monkeypatch, fake_pynvml())
+    device = nvml.device_info(module, 0)
+    assert device["name"] == "NVIDIA H200" and device["pci_bus_id"] == "00000000:19:00.0"
+    assert device["compute_capability"] == "9.0" and device["power_limit_w"] == 700.0
+    assert device["ecc_enabled"] is True and device["ecc_uncorrected_volatile"] == 0
+    assert device["throttle_reasons"] == ["gpu_idle"]
+    assert nvml.system_info(module)["cuda_driver_version"] == "12.8"
+    assert nvml.system_info(module)["driver_version"] == "570.133.20"
+
+
+def test_stubbed_nvml_gpu_lost_fails(monkeypatch, no_torch):
+    m = fake_pynvml()
+    install(monkeypatch, fake_pynvml(devices=[healthy_device(temp=m.NVMLError_GpuIsLost())]))
+    result = validate.run(ImageInfo(path="/absent"), environ={})
+    assert check(result, "nvml").status == FAIL
+    assert "fallen off the bus" in check(result, "nvml").message
+
+
+# ---------------------------------------------------------------- driver version
+
+
+@pytest.mark.parametrize("cuda_driver,status", [(12080, PASS), (13000, PASS), (12040, WARN), (11080, FAIL)])
+def test_stubbed_nvml_driver_too_old(monkeypatch, cuda_driver, status):
+    module = install(monkeypatch, fake_pynvml(cuda_driver=cuda_driver))
+    info = nvml.system_info(module)
+    result = validate.driver_check(info["driver_version"], info["cuda_driver_version"], "12.8")
+    assert result.status == status
+    if status != PASS:
+        assert "570.26" in result.remedy  # what CUDA 12.8 needs
+
+
+def test_driver_check_without_cuda_torch_is_skipped():
+    assert validate.driver_check("570.1", "12.8", None).status == SKIP
+
+
+# ---------------------------------------------------------------- health
+
+
+def test_stubbed_nvml_ecc_uncorrected_errors_fail(monkeypatch, no_torch):
+    sick = healthy_device(ecc_errors=lambda kind, counter: 3 if counter == nvml.VOLATILE_ECC else 7)
+    install(monkeypatch, fake_pynvml(devices=[healthy_device(), sick]))
+    result = validate.run(ImageInfo(path="/absent"), environ={})
+    assert check(result, "gpu.0.health").status == PASS
+    bad = check(result, "gpu.1.health")
+    assert bad.status == FAIL and "3 uncorrectable ECC" in bad.message and "reset" in bad.remedy
+
+
+def test_stubbed_nvml_retired_pages_pending_warns(monkeypatch, no_torch):
+    device = healthy_device(
+        retired=lambda cause: [0x1000] if cause == nvml.PAGE_RETIREMENT_CAUSE_DOUBLE_BIT else [], retired_pending=1
+    )
+    install(monkeypatch, fake_pynvml(devices=[device]))
+    result = validate.run(ImageInfo(path="/absent"), environ={})
+    health = check(result, "gpu.0.health")
+    assert health.status == WARN and "page retirement pending" in health.message
+    assert result.nvml_devices[0]["retired_pages_double_bit"] == 1
+
+
+def test_stubbed_nvml_many_retired_pages_warn(monkeypatch):
+    device = healthy_device(retired=lambda cause: list(range(30)))
+    module = install(monkeypatch, fake_pynvml(devices=[device]))
+    assert validate.health_check(nvml.device_info(module, 0)).status == WARN
+
+
+def test_stubbed_nvml_remapped_rows(monkeypatch):
+    module = install(
+        monkeypatch, fake_pynvml(devices=[healthy_device(remapped=(2, 1, 1, 0)), healthy_device(remapped=(0, 5, 0, 1))])
+    )
+    pending = validate.health_check(nvml.device_info(module, 0))
+    failed = validate.health_check(nvml.device_info(module, 1))
+    assert pending.status == WARN and "row remapping pending" in pending.message
+    assert failed.status == FAIL and "remapping failed" in failed.message
+
+
+def test_stubbed_nvml_thermal_throttling_warns(monkeypatch):
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(throttle=0x40 | 0x4)]))
+    device = nvml.device_info(module, 0)
+    assert device["throttle_reasons"] == ["sw_power_cap", "hw_thermal_slowdown"]
+    result = validate.health_check(device)
+    assert result.status == WARN and "hw_thermal_slowdown" in result.message
+
+
+# ---------------------------------------------------------------- telemetry
+
+
+def test_stubbed_nvml_telemetry_energy_from_counter(monkeypatch):
+    counter = {"mj": 5_000_000}
+
+    def energy():
+        counter["mj"] += 250_000  # every read: +250 J
+        return counter["mj"]
+
+    module = install(
+        monkeypatch,
+        fake_pynvml(
+            devices=[healthy_device(energy=energy, power=500000, util=types.SimpleNamespace(gpu=97, memory=60))]
+        ),
+    )
+    sampler = nvml.TelemetrySampler(module, 0, interval_s=0.01)
+    sampler.start()
+    sampler.begin_phase("decode")
+    sampler.end_phase("decode", tokens=1000)
+    sampler.stop()
+    summary = sampler.summary()
+    phase = summary["phases"]["decode"]
+    assert phase["energy_method"] == "counter"
+    assert phase["energy_j"] == pytest.approx(250.0)
+    assert phase["joules_per_token"] == pytest.approx(0.25)
+    assert summary["energy_method"] == "counter" and summary["energy_j"] > 0
+    assert summary["samples"] >= 1 and summary["power_w"]["max"] == 500.0
+    assert summary["utilization_gpu_pct"]["max"] == 97
+    assert summary["before"]["throttle_reasons"] == ["gpu_idle"]
+
+
+def test_stubbed_nvml_telemetry_without_energy_counter_integrates_power(monkeypatch):
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(energy=NOT_SUPPORTED, power=400000)]))
+    sampler = nvml.TelemetrySampler(module, 0, interval_s=0.01)
+    sampler.start()
+    sampler.begin_phase("prefill")
+    import time
+
+    time.sleep(0.05)
+    sampler.end_phase("prefill", tokens=10)
+    sampler.stop()
+    phase = sampler.summary()["phases"]["prefill"]
+    assert phase["energy_method"] == "power_samples"
+    assert phase["energy_j"] == pytest.approx(400.0 * phase["seconds"])
+
+
+def test_match_device_by_uuid_then_pci():
+    devices = [
+        {"index": 0, "uuid": "GPU-aaaa", "pci_bus_id": "00000000:19:00.0"},
+        {"index": 1, "uuid": "GPU-bbbb", "pci_bus_id": "00000000:3B:00.0"},
+    ]
+    assert nvml.match_device(devices, "bbbb", None) == 1
+    assert nvml.match_device(devices, None, "0000:3b:00.0") == 1
+    assert nvml.match_device(devices, None, None) == 0
+    assert nvml.match_device([], "x", None) is None
