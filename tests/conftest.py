@@ -7,20 +7,14 @@ faster next run while developing).
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from builder import engine, manifest, pipeline  # noqa: E402
-from builder.errors import UserError  # noqa: E402
-
-TEST_REPOSITORY = "pytorch-cuda-test"
+from builder import engine, manifest, pipeline
+from builder.errors import UserError
+from tests.support import TEST_REPOSITORY, TrackedContainer
 
 
 @pytest.fixture(scope="session")
@@ -32,21 +26,30 @@ def docker_client() -> docker.DockerClient:
 
 
 @pytest.fixture(scope="session")
-def session_images(docker_client):
-    """Remove, at the end of the session, every image that was not in the engine at its start."""
+def session_images(docker_client, the_manifest):
+    """At the end of the session, remove the images it created: everything tagged under
+    TEST_REPOSITORY (with the build cache beneath it) and the base, if the session bootstrapped it.
+    Images and tags that were there before are left alone."""
     before = {i.id for i in docker_client.images.list(all=True)}
     yield
     if os.environ.get("KEEP_TEST_IMAGES") == "1":
         return
+    created = []
     for image in docker_client.images.list():
-        engine.untag(docker_client, [t for t in image.tags if t.startswith(f"{TEST_REPOSITORY}:")])
-    for image in docker_client.images.list(all=True):
-        if image.id not in before:
-            try:
-                docker_client.images.remove(image.id, force=True, noprune=False)
-            except docker.errors.APIError:
-                pass  # already gone with a parent, or still used by a removed-later child
-    docker_client.images.prune(filters={"dangling": True})
+        test_tags = [t for t in image.tags if t.startswith(f"{TEST_REPOSITORY}:")]
+        if test_tags:
+            engine.untag(docker_client, test_tags)
+            if image.id not in before and len(test_tags) == len(image.tags):
+                created.append(image.id)
+    if engine.image_exists(docker_client, the_manifest.base_ref):
+        base_id = docker_client.images.get(the_manifest.base_ref).id
+        if base_id not in before:
+            created.append(base_id)
+    for image_id in created:
+        try:
+            docker_client.images.remove(image_id, force=True)  # its untagged parents (build cache) go too
+        except docker.errors.APIError as exc:
+            print(f"cleanup: could not remove {image_id}: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -58,30 +61,6 @@ def the_manifest() -> manifest.Manifest:
 def runtime_image(docker_client, session_images, the_manifest) -> pipeline.Built:
     """The runtime image, built once per session through the real pipeline."""
     return pipeline.build(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY)
-
-
-class TrackedContainer:
-    """Runs containers and removes every one of them, even when the test fails."""
-
-    def __init__(self, client: docker.DockerClient):
-        self.client = client
-        self.containers = []
-
-    def start(self, image: str, **kwargs):
-        kwargs.setdefault("labels", {engine.LABEL_TEST: "tracked"})
-        container = self.client.containers.run(image, detach=True, **kwargs)
-        self.containers.append(container)
-        return container
-
-    def run(self, image: str, command, **kwargs) -> engine.RunResult:
-        return engine.run(self.client, image, command, **kwargs)
-
-    def remove_all(self) -> None:
-        for container in self.containers:
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 @pytest.fixture

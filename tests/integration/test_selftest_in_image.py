@@ -7,7 +7,7 @@ import os
 import pytest
 
 from selftest import fingerprint
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # Runs in the image with the checkout's selftest on PYTHONPATH: the cached decode step must
 # compute what a full recompute of the sequence computes.
