@@ -1,7 +1,8 @@
 """Rewrite a `docker save` image so that its image ID depends only on its content.
 
 Docker 20.10's classic builder writes wall-clock times, container ids and build-varying files
-(apt lists and logs, ldconfig's aux-cache, pip's ``__pycache__`` ...) into layers and config.
+(apt lists and logs, ldconfig's aux-cache, bytecode of files written during the build ...)
+into layers and config.
 This module rewrites one saved image into a ``docker load``-able tar in which:
 
 * every layer is a canonical tar: entries sorted by path (component-wise, bytewise), mtimes
@@ -42,7 +43,7 @@ import struct
 import tarfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from builder.errors import BuildFailed
 
@@ -52,6 +53,7 @@ __all__ = [
     "EMPTY_LAYER_DIGEST",
     "PYCACHE_DROP",
     "LayerReport",
+    "PycacheMode",
     "NormalizeError",
     "NormalizeReport",
     "load_normalized",
@@ -60,7 +62,9 @@ __all__ = [
     "normalize_layer_bytes",
     "normalize_saved_image",
     "normalize_to_file",
+    "canonical_json",
     "rfc3339",
+    "tar_header",
 ]
 
 EMPTY_LAYER_DIGEST = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
@@ -87,9 +91,20 @@ DEFAULT_DROP: tuple[str, ...] = (
     "tmp/*",
 )
 PYCACHE_DROP = "**/__pycache__"
-"""Added to the drop list unless ``keep_pycache=True`` (bytecode embeds source mtimes)."""
+"""What ``keep_pycache=False`` adds to the drop list.
 
-DEFAULT_EMPTY: tuple[str, ...] = ("etc/machine-id",)
+``keep_pycache`` is ``"valid"`` (the default), False (drop every ``__pycache__``) or True (keep
+them all).  ``"valid"`` keeps only bytecode that is a function of its source and stays valid
+after clamping: hash-based pycs (PEP 552; what py_compile writes when SOURCE_DATE_EPOCH is set,
+e.g. Debian's stdlib pycs) and timestamp pycs whose recorded source mtime is <= the epoch (the
+clamp leaves that source's mtime alone).  It drops the rest: pycs of files written during the
+build record wall-clock mtimes, and the clamp would make them stale anyway.  Dropping *all* of
+them would cost every Python start in the image a recompile of the stdlib it imports, since a
+non-root user cannot write the pycs back.
+"""
+PycacheMode = bool | Literal["valid"]
+
+DEFAULT_EMPTY: tuple[str, ...] = ("etc/machine-id", "var/lib/dbus/machine-id")
 """Regular files kept but truncated to size 0 (an empty machine-id means "not yet set")."""
 
 BLOCK = 512
@@ -182,11 +197,15 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+_IN_PYCACHE = re.compile(r"(?:.*/)?__pycache__/.*", re.S)
+
+
 @dataclass(frozen=True)
 class _Rules:
     drop: re.Pattern[str] | None
     keep: re.Pattern[str] | None
     empty: re.Pattern[str] | None
+    check_pyc: bool = False  # keep_pycache="valid": decide __pycache__ files by their header
 
     def dropped(self, rel: str) -> bool:
         if self.drop is None or posixpath.basename(rel).startswith(".wh."):
@@ -199,10 +218,14 @@ class _Rules:
         return self.empty is not None and self.empty.fullmatch(rel) is not None
 
 
-def _compile_rules(drop: Iterable[str], empty: Iterable[str], keep_pycache: bool) -> _Rules:
+def _compile_rules(
+    drop: Iterable[str], empty: Iterable[str], keep_pycache: PycacheMode
+) -> _Rules:
+    if keep_pycache not in (False, True, "valid"):
+        raise ValueError(f"keep_pycache must be False, True or 'valid', not {keep_pycache!r}")
     drops = [p for p in drop if not p.startswith("!")]
     keeps = [p[1:] for p in drop if p.startswith("!")]
-    if not keep_pycache and PYCACHE_DROP not in drops:
+    if keep_pycache != "valid" and not keep_pycache and PYCACHE_DROP not in drops:
         drops.append(PYCACHE_DROP)
 
     def alt(patterns: list[str], suffix: str) -> re.Pattern[str] | None:
@@ -211,7 +234,9 @@ def _compile_rules(drop: Iterable[str], empty: Iterable[str], keep_pycache: bool
         body = "|".join(_glob_regex(p) for p in patterns)
         return re.compile(f"(?:{body}){suffix}", re.S)
 
-    return _Rules(alt(drops, "(?:/.*)?"), alt(keeps, ""), alt(list(empty), ""))
+    return _Rules(
+        alt(drops, "(?:/.*)?"), alt(keeps, ""), alt(list(empty), ""), keep_pycache == "valid"
+    )
 
 
 def _rel(name: str) -> str:
@@ -228,6 +253,8 @@ assert _USTAR.size == BLOCK
 
 
 def _octal(value: int, width: int) -> bytes:
+    if not 0 <= value < 8 ** (width - 1):  # struct would truncate it silently
+        raise NormalizeError(f"value {value} does not fit a {width}-byte tar header field")
     return b"%0*o\0" % (width - 1, value)
 
 
@@ -530,9 +557,32 @@ def _maybe_pax(e: _Out) -> bool:
     )
 
 
+def _stable_pyc(f: BinaryIO, name: str, e: _Src, epoch: int) -> bool:
+    """``name`` (content ``e``: a hard link's root) is a .pyc that embeds no build time and
+    stays valid after clamping (see PYCACHE_DROP)."""
+    if e.type != _REG or not name.endswith(".pyc") or e.size < 16:
+        return False
+    f.seek(e.offset)
+    head = f.read(16)
+    flags = int.from_bytes(head[4:8], "little")
+    if flags & 1:
+        return True  # hash-based (PEP 552)
+    return flags == 0 and int.from_bytes(head[8:12], "little") <= epoch
+
+
 def _plan_layer(f: BinaryIO, base: int, size: int, epoch: int, rules: _Rules) -> _LayerPlan:
     """Index a layer and decide its normalized entries (sorted) and exact output size."""
     src, entries_in = _index_layer(f, base, size)
+
+    def dropped(name: str, content: _Src) -> bool:
+        rel = _rel(name)
+        if posixpath.basename(rel).startswith(".wh."):
+            return False  # a whiteout deletes a lower layer's file: never drop it
+        if rules.dropped(rel):
+            return True
+        if rules.check_pyc and content.type == _REG and _IN_PYCACHE.fullmatch(rel):
+            return not _stable_pyc(f, name, content, epoch)
+        return False
 
     # Hard-link groups: root regular file -> names linking to it (chains followed).
     groups: dict[str, list[str]] = {}
@@ -560,20 +610,23 @@ def _plan_layer(f: BinaryIO, base: int, size: int, epoch: int, rules: _Rules) ->
         links = groups.get(e.name)
         if links is not None:
             members = [e.name, *links]
-            kept = [m for m in members if not rules.dropped(_rel(m))]
+            kept = [m for m in members if not dropped(m, e)]
             removed.extend(m for m in members if m not in kept)
             if not kept:
                 continue
-            keys = sorted(_key(m) for m in kept)
-            empty = any(rules.emptied(_rel(m)) for m in kept)
-            emptied += empty
-            n = 0 if empty else e.size
-            out.append(meta(e, keys[0], _REG, b"", e.offset, n))
-            holder = keys[0].replace(b"\0", b"/")
-            out.extend(meta(e, k, _LNK, holder, 0, 0) for k in keys[1:])
+            # a name to empty leaves the group (its own empty file): emptying must not
+            # truncate the other names, and a second pass must see the same content
+            empties = [m for m in kept if rules.emptied(_rel(m))]
+            emptied += len(empties)
+            out.extend(meta(e, _key(m), _REG, b"", e.offset, 0) for m in empties)
+            keys = sorted(_key(m) for m in kept if m not in empties)
+            if keys:
+                out.append(meta(e, keys[0], _REG, b"", e.offset, e.size))
+                holder = keys[0].replace(b"\0", b"/")
+                out.extend(meta(e, k, _LNK, holder, 0, 0) for k in keys[1:])
             continue
         rel = _rel(e.name)
-        if rules.dropped(rel):
+        if dropped(e.name, e):
             removed.append(e.name)
             continue
         link = e.linkname.encode("utf-8", "surrogateescape") if e.type in (_LNK, _SYM) else b""
@@ -611,7 +664,7 @@ def _emit_layer(f: BinaryIO, plan: _LayerPlan) -> Iterator[bytes]:
 
 
 def _options(
-    drop: Iterable[str], empty: Iterable[str], keep_pycache: bool
+    drop: Iterable[str], empty: Iterable[str], keep_pycache: PycacheMode
 ) -> _Rules:  # small indirection so all public entry points share validation
     return _compile_rules(tuple(drop), tuple(empty), keep_pycache)
 
@@ -625,7 +678,7 @@ def normalize_layer(
     size: int | None = None,
     drop: Iterable[str] = DEFAULT_DROP,
     empty: Iterable[str] = DEFAULT_EMPTY,
-    keep_pycache: bool = False,
+    keep_pycache: PycacheMode = "valid",
 ) -> LayerReport:
     """Normalize one plain layer tar (``size`` bytes at ``offset`` in seekable ``src``) into
     ``dst`` (a file object or a write callable).  Useful on its own, e.g. for a base rootfs
@@ -781,7 +834,7 @@ def normalize_saved_image(
     *,
     drop: Iterable[str] = DEFAULT_DROP,
     empty: Iterable[str] = DEFAULT_EMPTY,
-    keep_pycache: bool = False,
+    keep_pycache: PycacheMode = "valid",
     repo_tags: Sequence[str] | None = None,
 ) -> Generator[bytes, None, NormalizeReport]:
     """Yield a normalized ``docker load`` tar for the one image saved (by ID) at ``src_path``.
