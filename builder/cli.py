@@ -27,7 +27,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         tag = f"{m.name}:{tags.full_tag(tags.expected_versions(v), v.flavor)}"
         if not v.built:
             status = "rendered only"
-        elif not v.lock_path.exists():
+        elif not all(v.lock_path(layer).exists() for layer in v.python_layers()):
             status = "no lock (index unreachable?)"
         elif c is None:
             status = "buildable (no engine)"
@@ -56,12 +56,18 @@ def cmd_lock(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     chosen = m.variants().values() if args.all or not args.variant else [m.variant(args.variant)]
     failed = 0
-    for lock_name, v in {v.lock_name: v for v in chosen}.items():
-        try:
-            lock.lock(v)
-        except BuildFailed as exc:
-            print(f"{lock_name}: {exc}", file=sys.stderr)
-            failed += 1
+    done: set = set()
+    for v in chosen:
+        for layer in v.python_layers():
+            path = v.lock_path(layer)
+            if path in done:
+                continue
+            done.add(path)
+            try:
+                lock.lock(v, layer)
+            except BuildFailed as exc:
+                print(f"{exc}", file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 
@@ -82,7 +88,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(c, image: str, variant: manifest.Variant, ca_bundle: str | None) -> bool:
-    evidence = verify.gather(c, image, variant, context.find_ca_bundle(ca_bundle))
+    repository = image.rpartition(":")[0] if ":" in image and not image.startswith("sha256:") else variant.manifest.name
+    runtime = variant.sibling("runtime")
+    runtime_ref = f"{repository}:{tags.full_tag(tags.expected_versions(runtime), 'runtime')}"
+    evidence = verify.gather(c, image, variant, context.find_ca_bundle(ca_bundle), runtime_ref)
     print(f"verifying {image} as variant {variant.name}")
     return verify.report(verify.run_checks(evidence))
 

@@ -1,4 +1,4 @@
-"""The build context: rendered files + lock + selftest package + static rootfs + build CA, as a tar.
+"""The build context: rendered files + locks + selftest package + rootfs + build scripts + build CA, as a tar.
 
 Assembled at build time rather than committed, so images/ holds only what a reviewer should
 read (the Dockerfile), and the CA bundle never touches the repository.
@@ -16,6 +16,7 @@ from builder.render import IMAGES, TEMPLATES
 
 SELFTEST = ROOT / "selftest"
 ROOTFS = TEMPLATES / "rootfs"
+BUILD_SCRIPTS = TEMPLATES / "build"  # used in builder stages only, never in a final image
 CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 
 
@@ -50,16 +51,19 @@ def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
     dockerfile = rendered / "Dockerfile"
     if not dockerfile.exists():
         raise UserError(f"{dockerfile} is missing: run `python build.py render {variant.name}`")
-    if not variant.lock_path.exists():
-        raise UserError(f"{variant.lock_path} is missing: run `python build.py lock {variant.name}`")
+    locks = {layer: variant.lock_path(layer) for layer in variant.python_layers()}
+    for path in locks.values():
+        if not path.exists():
+            raise UserError(f"{path} is missing: run `python build.py lock {variant.name}`")
     epoch = variant.manifest.source_date_epoch
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in ("Dockerfile", "image.json"):
             _add(tar, name, (rendered / name).read_bytes(), 0o644, epoch)
-        _add(tar, "requirements.lock", variant.lock_path.read_bytes(), 0o644, epoch)
+        for layer, path in locks.items():
+            _add(tar, f"{layer}.lock", path.read_bytes(), 0o644, epoch)
         _add(tar, "build-ca.pem", ca_bundle.read_bytes() if ca_bundle else b"", 0o600, epoch)
-        for top, prefix in ((SELFTEST, "selftest"), (ROOTFS, "rootfs")):
+        for top, prefix in ((SELFTEST, "selftest"), (ROOTFS, "rootfs"), (BUILD_SCRIPTS, "build")):
             for path in _tree(top):
                 mode = 0o755 if os.access(path, os.X_OK) else 0o644
                 _add(tar, f"{prefix}/{path.relative_to(top).as_posix()}", path.read_bytes(), mode, epoch)

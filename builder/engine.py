@@ -86,7 +86,7 @@ def run(c: docker.DockerClient, image: str, command: list[str], *, entrypoint: l
         output = container.logs(stdout=True, stderr=True).decode(errors="replace")
         return RunResult(exit_code=status["StatusCode"], output=output)
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
 
 
 def tag(c: docker.DockerClient, image_id: str, refs: Iterable[str]) -> None:

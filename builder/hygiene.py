@@ -33,6 +33,8 @@ SMALL = 2 * 1024 * 1024  # content is only inspected in files this small: certs 
 SYSTEM_STORE = "etc/ssl/certs/ca-certificates.crt"
 # Public bundles that arrive from hash-locked wheels; certs found in them are not build-only.
 PUBLIC_BUNDLES = ["*/certifi/cacert.pem"]
+# Test fixtures inside hash-locked wheels (tornado ships test.key): public by construction.
+WHEEL_TEST_DATA = ["opt/venv/lib/python*/site-packages/*/test/*", "opt/venv/lib/python*/site-packages/*/tests/*"]
 HISTORY_MARKERS = ("build-ca", "PIP_CERT", "/tmp/build", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 
 
@@ -71,7 +73,8 @@ def scan_layer(layer: IO[bytes]) -> LayerScan:
             scan.file_hashes[path] = hashlib.sha256(data).hexdigest()
             if b"-----BEGIN CERTIFICATE-----" in data:
                 scan.cert_files[path] = cert_ids(data)
-            if PRIVATE_KEY.search(data) and not data.startswith(b"\x7fELF"):
+            if PRIVATE_KEY.search(data) and not data.startswith(b"\x7fELF") \
+                    and not any(fnmatch.fnmatch(path, p) for p in WHEEL_TEST_DATA):
                 scan.findings.append(f"private key: /{path}")
             if path.startswith("opt/venv/") and path.endswith(".pyc") and data[4:8] == b"\0\0\0\0":
                 scan.findings.append(f"timestamp-based bytecode (differs per build): /{path}")

@@ -32,36 +32,68 @@ def uv_binary() -> str:
     return found
 
 
-def requirements_in(variant: Variant) -> str:
-    return "".join(f"{line}\n" for line in variant.requirements())
-
-
-def lock(variant: Variant, quiet: bool = False) -> Path:
-    """Resolve the variant's pins into its lock file; an unreachable index keeps the old lock."""
-    out = variant.lock_path
+def _compile(variant: Variant, requirements: list[str], constraints: list[str], tmp: Path) -> str:
+    """uv pip compile for the image's platform; returns the lock text (without uv's header)."""
+    src, pins, out = tmp / "requirements.in", tmp / "constraints.txt", tmp / "lock.txt"
+    src.write_text("".join(f"{line}\n" for line in requirements))
+    pins.write_text("".join(f"{line}\n" for line in constraints))
     indexes = ["--index-url", variant.cuda.index]
     if not variant.cuda.on_pypi:
         indexes += ["--extra-index-url", PYPI]
+    cmd = [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+           "--python-version", variant.manifest.python, "--python-platform", PLATFORM,
+           *indexes, "--index-strategy", "unsafe-best-match", "--constraint", str(pins),
+           str(src), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "UV_NO_CONFIG": "1"})
+    if proc.returncode != 0:
+        raise BuildFailed(f"could not resolve from {variant.cuda.index}:\n{proc.stderr.strip()[-2000:]}")
+    return out.read_text().replace(str(src), "requirements.in").replace(str(pins), "constraints.txt")
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """A lock's entries as (lower-case name, its lines): `name==version \\` and the lines under it."""
+    entries: list[tuple[str, str]] = []
+    for line in text.splitlines(keepends=True):
+        if line.strip() and not line[0].isspace() and not line.startswith("#"):
+            entries.append((line.split("==")[0].strip().lower(), line))
+        elif entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + line)
+    return entries
+
+
+def lock(variant: Variant, layer: str = "runtime", quiet: bool = False) -> Path:
+    """Resolve one layer's pins into its lock; an unreachable index keeps the old lock.
+
+    A flavor's layer is resolved together with runtime's pins, constrained to runtime's locked
+    versions, and keeps only what runtime lacks: the flavor installs on top of runtime's venv.
+    """
+    out = variant.lock_path(layer)
+    requirements = variant.requirements("runtime")
+    constraints: list[str] = []
+    if layer != "runtime":
+        base = variant.lock_path("runtime")
+        if not base.exists():
+            raise BuildFailed(f"{shown(base)} is missing: lock runtime first")
+        constraints = [f"{n}=={v}" for n, v in sorted(locked_pins(base).items())]
+        requirements = requirements + variant.requirements(layer)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "requirements.in"
-        src.write_text(requirements_in(variant))
-        result_path = Path(tmp) / "lock.txt"
-        cmd = [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-               "--python-version", variant.manifest.python, "--python-platform", PLATFORM,
-               *indexes, "--index-strategy", "unsafe-best-match",
-               str(src), "-o", str(result_path)]
-        env = {**os.environ, "UV_NO_CONFIG": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            kept = f"; kept the existing {shown(out)}" if out.exists() else ""
-            raise BuildFailed(f"could not resolve {variant.lock_name} from {variant.cuda.index}{kept}:\n"
-                              f"{proc.stderr.strip()[-2000:]}")
-        body = result_path.read_text().replace(str(src), "requirements.in")
+        try:
+            text = _compile(variant, requirements, constraints, Path(tmp))
+        except BuildFailed as exc:
+            kept = f" (kept the existing {shown(out)})" if out.exists() else ""
+            raise BuildFailed(f"{shown(out)}{kept}: {exc}") from None
+    if layer != "runtime":
+        runtime = locked_pins(variant.lock_path("runtime"))
+        text = "".join(lines for name, lines in blocks(text) if name not in runtime)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(HEADER + f"# index: {variant.cuda.index}\n" + body)
+    out.write_text(HEADER + f"# layer: {layer}, index: {variant.cuda.index}\n" + text)
     if not quiet:
         print(f"wrote {shown(out)}")
     return out
+
+
+def lock_variant(variant: Variant, quiet: bool = False) -> list[Path]:
+    return [lock(variant, layer, quiet) for layer in variant.python_layers()]
 
 
 def locked_pins(path: Path) -> dict[str, str]:
@@ -75,21 +107,25 @@ def locked_pins(path: Path) -> dict[str, str]:
 
 
 def stale(variant: Variant) -> list[str]:
-    """Why the variant's lock does not match the manifest (empty when it does)."""
-    path = variant.lock_path
-    if not path.exists():
-        return [f"{shown(path)} is missing: run `python build.py lock {variant.name}`"]
-    pins = locked_pins(path)
+    """Why the variant's locks do not match the manifest (empty when they do)."""
     problems = []
-    for requirement in variant.requirements():
-        name, version = requirement.split("==")
-        if pins.get(name.lower()) != version:
-            problems.append(f"{shown(path)}: {name} is {pins.get(name.lower())}, manifest says {version}; "
-                            f"run `python build.py lock {variant.name}`")
+    for layer in variant.python_layers():
+        path = variant.lock_path(layer)
+        if not path.exists():
+            problems.append(f"{shown(path)} is missing: run `python build.py lock {variant.name}`")
+            continue
+        pins = locked_pins(path)
+        for requirement in variant.requirements(layer):
+            name, version = requirement.split("==")
+            if pins.get(name.lower()) != version:
+                problems.append(f"{shown(path)}: {name} is {pins.get(name.lower())}, manifest says {version}; "
+                                f"run `python build.py lock {variant.name}`")
+    path = variant.lock_path("runtime")
+    pins = locked_pins(path) if path.exists() else {}
     expected = {"nvidia-cudnn-cu12": variant.cuda.cudnn, "nvidia-nccl-cu12": variant.cuda.nccl,
                 "triton": variant.cuda.triton}
     for name, version in expected.items():
-        if pins.get(name) != version:
+        if pins and pins.get(name) != version:
             problems.append(f"{shown(path)}: torch {variant.cuda.torch} pulls {name} "
                             f"{pins.get(name)}, manifest says {version}; fix cuda.{variant.cuda.key} in the manifest")
     return problems

@@ -23,7 +23,8 @@ SCHEMA = ROOT / "manifests" / "images.schema.json"
 
 # Keys (dotted, "*" for any name) whose values must parse as versions (packaging.version).
 VERSION_KEYS = ("os.version", "python", "cuda.*.cuda", "cuda.*.torch", "cuda.*.cudnn",
-                "cuda.*.nccl", "cuda.*.triton", "cuda.*.nvcc", "python_packages.*")
+                "cuda.*.nccl", "cuda.*.triton", "cuda.*.nvcc", "cuda.*.cccl", "python_packages.*",
+                "flavors.*.python_packages.*")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Cuda:
     nccl: str
     triton: str
     nvcc: str
+    cccl: str
 
     @property
     def on_pypi(self) -> bool:
@@ -96,9 +98,7 @@ class Manifest:
         for cuda in self.cudas.values():
             for flavor, spec in self.data["flavors"].items():
                 name = flavor if cuda.key == self.default_cuda else f"{flavor}-{cuda.key}"
-                result[name] = Variant(name=name, flavor=flavor, cuda=cuda,
-                                       ports=tuple(spec["ports"]), built=spec["built"],
-                                       manifest=self)
+                result[name] = Variant(name=name, flavor=flavor, cuda=cuda, manifest=self)
         return result
 
     def variant(self, name: str) -> Variant:
@@ -116,22 +116,61 @@ class Variant:
     name: str
     flavor: str
     cuda: Cuda
-    ports: tuple[int, ...]
-    built: bool
     manifest: Manifest
 
-    @property
-    def lock_name(self) -> str:
-        return f"runtime-{self.cuda.key}"
+    def sibling(self, flavor: str) -> Variant:
+        """The variant of another flavor on the same CUDA build."""
+        name = flavor if self.cuda.key == self.manifest.default_cuda else f"{flavor}-{self.cuda.key}"
+        return Variant(name=name, flavor=flavor, cuda=self.cuda, manifest=self.manifest)
+
+    def spec(self, flavor: str | None = None) -> dict[str, Any]:
+        return self.manifest.data["flavors"][flavor or self.flavor]
 
     @property
-    def lock_path(self) -> Path:
-        """Locks live beside the manifest they were resolved from."""
-        return self.manifest.path.parent / "locks" / f"{self.lock_name}.txt"
+    def built(self) -> bool:
+        return self.spec()["built"]
 
-    def requirements(self) -> list[str]:
-        """Top-level pins the lock is resolved from."""
-        pins = {"torch": self.cuda.torch, **self.manifest.data["python_packages"]}
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(self.spec()["ports"])
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(self.spec().get("services", []))
+
+    def lineage(self) -> list[str]:
+        """The flavor stages from runtime up to this flavor, each built FROM the one before."""
+        chain = [self.flavor]
+        while chain[0] != "runtime":
+            chain.insert(0, self.spec(chain[0]).get("from", "runtime"))
+        return chain
+
+    def parts(self, flavor: str) -> list[str]:
+        """The flavors whose additions the stage of `flavor` applies: its own, then its includes."""
+        spec = self.spec(flavor)
+        own = [flavor] if spec.get("python_packages") or spec.get("apt_packages") else []
+        return own + list(spec.get("includes", []))
+
+    def contents(self) -> list[str]:
+        """Every flavor whose additions end up in this image, in the order they are applied."""
+        return [part for stage in self.lineage() for part in (["runtime"] if stage == "runtime" else self.parts(stage))]
+
+    def python_layers(self) -> list[str]:
+        """runtime's venv, then each flavor in the image that adds Python packages."""
+        return [f for f in self.contents() if f == "runtime" or self.spec(f).get("python_packages")]
+
+    def lock_path(self, layer: str = "runtime") -> Path:
+        """Locks live beside the manifest they were resolved from: locks/<layer>-<cuda>.txt."""
+        return self.manifest.path.parent / "locks" / f"{layer}-{self.cuda.key}.txt"
+
+    def requirements(self, layer: str = "runtime") -> list[str]:
+        """Top-level pins a layer's lock is resolved from."""
+        if layer == "runtime":
+            pins = {"torch": self.cuda.torch, **self.manifest.data["python_packages"]}
+        else:
+            pins = dict(self.spec(layer)["python_packages"])
+            if layer == "devel":  # nvcc and headers follow the CUDA build
+                pins |= {"nvidia-cuda-nvcc-cu12": self.cuda.nvcc, "nvidia-cuda-cccl-cu12": self.cuda.cccl}
         return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
@@ -220,6 +259,13 @@ def check_references(path: Path, data: dict[str, Any]) -> None:
         raise UserError(f"{path}: key cuda_default: {data['cuda_default']!r} is not one of "
                         f"the CUDA builds under `cuda` ({', '.join(data['cuda'])})")
     flavors = data["flavors"]
+    for name, spec in flavors.items():
+        for other in ([spec["from"]] if "from" in spec else []) + spec.get("includes", []):
+            if other not in flavors or other == name:
+                raise UserError(f"{path}: key flavors.{name}: {other!r} (in from/includes) is not another "
+                                f"flavor under `flavors`")
+        if name != "runtime" and "from" not in spec:
+            raise UserError(f"{path}: key flavors.{name}: add `from: runtime` (or another flavor) to say what it builds on")
     if data["default_variant"] not in flavors:
         raise UserError(f"{path}: key default_variant: {data['default_variant']!r} is not a "
                         f"flavor under `flavors` ({', '.join(flavors)})")

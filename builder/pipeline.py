@@ -29,9 +29,11 @@ def check_buildable(variant: Variant) -> None:
     if not variant.built:
         raise UserError(f"variant {variant.name}: flavor {variant.flavor} is rendered but not built yet "
                         f"(flavors.{variant.flavor}.built is false in the manifest)")
-    if not variant.lock_path.exists():
+    missing = [variant.lock_path(layer).name for layer in variant.python_layers()
+               if not variant.lock_path(layer).exists()]
+    if missing:
         where = variant.cuda.index
-        raise UserError(f"variant {variant.name}: no lock file {variant.lock_path.name}; its wheels come from "
+        raise UserError(f"variant {variant.name}: no lock file {', '.join(missing)}; its wheels come from "
                         f"{where}. Run `python build.py lock {variant.name}` on a machine that reaches {where}, "
                         f"commit the lock, then build")
     problems = lock.stale(variant)
@@ -42,6 +44,10 @@ def check_buildable(variant: Variant) -> None:
 def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = None,
           ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False) -> Built:
     check_buildable(variant)
+    if variant.flavor != "runtime":
+        # Flavors are built on runtime's stage; building (from cache) and tagging runtime too
+        # gives verify the image whose layers the flavor must share.
+        build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle, nocache=nocache, quiet=quiet)
     ca = context.find_ca_bundle(ca_bundle)
     base.ensure_base(c, variant.manifest, quiet=quiet)
     if not quiet:

@@ -59,9 +59,12 @@ def flavor_labels(variant: Variant, flavor: str) -> dict[str, str]:
     }
 
 
-def stages(variant: Variant) -> list[str]:
-    """Flavor stages on top of runtime, in build order."""
-    return [] if variant.flavor == "runtime" else [variant.flavor]
+def stages(variant: Variant) -> list[dict]:
+    """The flavor stages above runtime, in build order, with what each one adds."""
+    lineage = variant.lineage()
+    return [{"name": flavor, "parent": parent, "parts": variant.parts(flavor),
+             "services": variant.spec(flavor).get("services", []), "ports": variant.spec(flavor)["ports"]}
+            for parent, flavor in zip(lineage, lineage[1:])]
 
 
 def render_variant(variant: Variant) -> dict[str, str]:
@@ -69,7 +72,7 @@ def render_variant(variant: Variant) -> dict[str, str]:
     m = variant.manifest
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    flavors = ["runtime", *stages(variant)]
+    flavors = variant.lineage()
     context = {
         "variant": variant,
         "cuda": variant.cuda,
@@ -82,6 +85,9 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "flavor_labels": {f: flavor_labels(variant, f) for f in flavors},
         "image_refs": {f: f"{m.name}:{full_tag(expected_versions(variant), f)}" for f in flavors},
         "stages": stages(variant),
+        "layers": variant.python_layers()[1:],
+        "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
+        "epoch": m.source_date_epoch,
     }
     try:
         dockerfile = env.get_template(DOCKERFILE_TEMPLATE).render(context)

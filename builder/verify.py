@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import docker
+import docker.errors
 from packaging.version import Version
 
-from builder import facts, hygiene, tags
+from builder import facts, hygiene, services, tags
 from builder.manifest import Manifest, Variant
 from builder.render import common_labels
+
+
+@dataclass
+class CheckResult:
+    id: str
+    ok: bool
+    detail: str
 
 
 @dataclass
@@ -27,13 +35,9 @@ class Evidence:
     facts: dict[str, Any]
     config: dict[str, Any]  # the image's config (Env, User, Labels, ...)
     findings: list[str]  # hygiene findings from the layer scan
-
-
-@dataclass
-class CheckResult:
-    id: str
-    ok: bool
-    detail: str
+    layers: list[str] = field(default_factory=list)  # the image's diff IDs
+    runtime_layers: list[str] | None = None  # diff IDs of runtime on the same CUDA build, if built here
+    live: list[CheckResult] = field(default_factory=list)  # checks run against live containers
 
 
 def _same(what: str, expected: str, found: Any) -> tuple[bool, str]:
@@ -110,6 +114,17 @@ def check_labels(e: Evidence) -> tuple[bool, str]:
     return not wrong, "; ".join(wrong) or f"{len(common_labels(e.variant))} version labels match"
 
 
+def check_shared_layers(e: Evidence) -> tuple[bool, str]:
+    """A flavor carries runtime's layers unchanged, so pulling it next to runtime fetches only its own."""
+    if e.variant.flavor == "runtime":
+        return True, f"{len(e.layers)} layers (the base every flavor shares)"
+    if e.runtime_layers is None:
+        return False, "no runtime image of this CUDA build here to compare with: build it (`build.py build runtime`)"
+    shared = e.layers[:len(e.runtime_layers)] == e.runtime_layers
+    return shared, (f"starts with runtime's {len(e.runtime_layers)} layers, adds {len(e.layers) - len(e.runtime_layers)}"
+                    if shared else "does not start with runtime's layers: the flavor re-created them")
+
+
 def check_hygiene(e: Evidence) -> tuple[bool, str]:
     shown = e.findings[:10] + ([f"... and {len(e.findings) - 10} more"] if len(e.findings) > 10 else [])
     return not e.findings, "; ".join(shown) or "no build CA, caches, apt lists, keys or build-stage __pycache__ in any layer or history entry"
@@ -129,6 +144,7 @@ CHECKS: list[tuple[str, Callable[[Evidence], tuple[bool, str]]]] = [
     ("tini-pid1", check_init),
     ("nvidia-env", check_nvidia_env),
     ("labels", check_labels),
+    ("shared-layers", check_shared_layers),
     ("hygiene", check_hygiene),
 ]
 
@@ -141,7 +157,7 @@ def run_checks(e: Evidence) -> list[CheckResult]:
         except (KeyError, TypeError, ValueError) as exc:  # missing or malformed facts
             ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
         results.append(CheckResult(check_id, ok, detail))
-    return results
+    return results + e.live
 
 
 def variant_of(manifest: Manifest, config: dict[str, Any], fallback: str | None) -> Variant:
@@ -150,13 +166,24 @@ def variant_of(manifest: Manifest, config: dict[str, Any], fallback: str | None)
     return manifest.variant(name or "")
 
 
-def gather(c: docker.DockerClient, image: str, variant: Variant, ca_bundle: Path | None) -> Evidence:
+def diff_ids(c: docker.DockerClient, image: str) -> list[str] | None:
+    try:
+        return c.api.inspect_image(image)["RootFS"]["Layers"]
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def gather(c: docker.DockerClient, image: str, variant: Variant, ca_bundle: Path | None,
+           runtime_ref: str | None = None) -> Evidence:
     """Run the image and scan its layers at the same time: one waits on the CPU, the other on disk."""
     config = c.api.inspect_image(image)["Config"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         scan = pool.submit(hygiene.scan_image, c, image, ca_bundle)
         found = facts.collect(c, image, full=True)
-        return Evidence(variant=variant, facts=found, config=config, findings=scan.result())
+        live = [CheckResult(*r) for r in services.flavor_checks(c, image, variant)]
+        return Evidence(variant=variant, facts=found, config=config, findings=scan.result(),
+                        layers=diff_ids(c, image) or [], live=live,
+                        runtime_layers=diff_ids(c, runtime_ref) if runtime_ref else None)
 
 
 def report(results: list[CheckResult], out: TextIO = sys.stdout) -> bool:

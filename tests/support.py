@@ -31,6 +31,6 @@ class TrackedContainer:
     def remove_all(self) -> None:
         for container in self.containers:
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass

@@ -24,7 +24,7 @@ def test_context_is_the_same_bytes_every_time(tmp_path):
 def test_context_holds_what_the_dockerfile_copies(tmp_path):
     variant = manifest.load().variant("runtime")
     names = members(context.build_context(variant, None))
-    assert {"Dockerfile", "image.json", "requirements.lock", "build-ca.pem",
+    assert {"Dockerfile", "image.json", "runtime.lock", "build-ca.pem",
             "selftest/__init__.py", "rootfs/usr/local/bin/entrypoint"} <= set(names)
     assert names["build-ca.pem"].size == 0
     assert names["rootfs/usr/local/bin/selftest"].mode == 0o755

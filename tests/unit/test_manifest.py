@@ -133,3 +133,18 @@ def test_cli_variant_whose_index_is_unreachable_fails_clearly():
     proc = run_cli("build", "runtime-cu126")
     assert proc.returncode == 2
     assert "download.pytorch.org/whl/cu126" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flavor_must_build_on_another_flavor(tmp_path):
+    message = error_for(tmp_path, lambda d: d["flavors"]["jupyter"].update({"from": "jupyter"}))
+    assert "key flavors.jupyter" in message and "'jupyter'" in message
+
+
+def test_flavor_composition_from_the_manifest():
+    m = manifest.load()
+    workstation = m.variant("workstation")
+    assert workstation.lineage() == ["runtime", "devel", "workstation"]
+    assert workstation.contents() == ["runtime", "devel", "jupyter", "ssh"]
+    assert workstation.python_layers() == ["runtime", "devel", "jupyter"]
+    assert m.variant("ssh-cu126").sibling("runtime").name == "runtime-cu126"
+    assert "nvidia-cuda-nvcc-cu12==12.8.93" in m.variant("devel").requirements("devel")

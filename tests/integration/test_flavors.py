@@ -1,0 +1,146 @@
+"""The flavors on top of runtime, checked with real clients (Jupyter REST + kernel websocket,
+paramiko, nvcc). Tests are grouped by image; the workstation class inherits those of the
+flavors it contains, the way the image does.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from builder import pipeline, services, verify
+from tests.support import ROOT, TEST_REPOSITORY
+
+_built: dict[str, pipeline.Built] = {}
+_checked: dict[str, dict[str, tuple[bool, str]]] = {}
+
+
+@pytest.fixture
+def flavor_image(request, docker_client, session_images, the_manifest, runtime_image) -> pipeline.Built:
+    """The class's flavor, built once per session (runtime's layers come from the cache)."""
+    flavor = request.cls.flavor
+    if flavor not in _built:
+        _built[flavor] = pipeline.build(docker_client, the_manifest.variant(flavor), repository=TEST_REPOSITORY,
+                                        quiet=True)
+    return _built[flavor]
+
+
+@pytest.fixture
+def checks(request, docker_client, flavor_image) -> dict[str, tuple[bool, str]]:
+    """services.flavor_checks on the flavor's image, run once per flavor; id → (ok, detail)."""
+    flavor = request.cls.flavor
+    if flavor not in _checked:
+        results = services.flavor_checks(docker_client, flavor_image.image_id, flavor_image.variant)
+        _checked[flavor] = {check_id: (ok, detail) for check_id, ok, detail in results}
+        print(_checked[flavor])
+    return _checked[flavor]
+
+
+def passed(checks: dict, check_id: str) -> None:
+    assert check_id in checks, f"{check_id} did not run"
+    ok, detail = checks[check_id]
+    assert ok, f"{check_id}: {detail}"
+
+
+class FlavorTests:
+    flavor = ""
+
+    def test_tags_name_the_flavor(self, flavor_image):
+        assert flavor_image.refs[0] == f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-{self.flavor}"
+
+    def test_carries_runtime_layers_unchanged(self, flavor_image, runtime_image, docker_client):
+        runtime = docker_client.api.inspect_image(runtime_image.image_id)["RootFS"]["Layers"]
+        mine = docker_client.api.inspect_image(flavor_image.image_id)["RootFS"]["Layers"]
+        assert mine[:len(runtime)] == runtime
+        assert len(mine) > len(runtime)
+
+    def test_runs_the_probe_alone(self, flavor_image, containers):
+        result = containers.run(flavor_image.refs[0], ["selftest", "cost", "--tokens", "800", "--seconds", "1.2",
+                                                       "--gpu-hour-usd", "0.8"])
+        assert result.exit_code == 0, result.output
+        assert "jupyter:" not in result.output and "ssh:" not in result.output
+
+
+class ServiceTests(FlavorTests):
+    def test_no_service_runs_as_root(self, checks):
+        passed(checks, "services-not-root")
+
+    def test_listens_only_on_declared_ports(self, checks):
+        passed(checks, "declared-ports-only")
+
+    def test_healthcheck_reports_healthy(self, checks):
+        passed(checks, "healthcheck")
+
+    def test_docker_stop_ends_everything_by_signal(self, checks):
+        passed(checks, "clean-stop")
+        passed(checks, "no-zombies")
+
+
+class JupyterTests(ServiceTests):
+    def test_token_is_required(self, checks):
+        passed(checks, "jupyter-auth")
+
+    def test_kernel_imports_torch(self, checks):
+        passed(checks, "jupyter-kernel")
+        assert "2.8.0" in checks["jupyter-kernel"][1]
+
+    def test_random_token_is_logged_when_none_is_given(self, flavor_image, containers):
+        container = containers.start(flavor_image.refs[0])
+        services.wait_until(lambda: "generated token:" in services.logs(container), 60, "no token logged")
+        token = services.logs(container).split("generated token:")[1].split()[0]
+        assert len(token) >= 32
+
+    def test_open_mode_needs_the_explicit_flag_and_warns(self, flavor_image, containers):
+        container = containers.start(flavor_image.refs[0], environment={"JUPYTER_DISABLE_AUTH": "yes-i-understand"})
+        services.wait_until(lambda: "authentication is OFF" in services.logs(container), 60, "no warning logged")
+
+
+class SSHTests(ServiceTests):
+    def test_key_login_runs_torch(self, checks):
+        passed(checks, "ssh-login")
+
+    def test_password_and_root_are_refused(self, checks):
+        passed(checks, "ssh-password-refused")
+        passed(checks, "ssh-root-refused")
+
+    def test_each_container_has_its_own_host_key(self, checks):
+        passed(checks, "ssh-host-keys-per-container")
+        passed(checks, "ssh-no-baked-host-keys")
+
+    def test_without_a_key_sshd_stays_off_and_the_container_runs(self, checks):
+        passed(checks, "ssh-without-key")
+
+
+class DevelTests(FlavorTests):
+    def test_nvcc_compiles_cuda(self, checks):
+        passed(checks, "devel-nvcc")
+
+    def test_torch_extension_builds(self, checks):
+        passed(checks, "devel-torch-extension")
+
+
+class TestDevel(DevelTests):
+    flavor = "devel"
+
+
+class TestJupyter(JupyterTests):
+    flavor = "jupyter"
+
+
+class TestSSH(SSHTests):
+    flavor = "ssh"
+
+
+class TestWorkstation(DevelTests, JupyterTests, SSHTests):
+    flavor = "workstation"
+
+    def test_verify_passes_every_check(self, flavor_image):
+        proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "verify", flavor_image.refs[0]],
+                              capture_output=True, text=True, cwd=ROOT)
+        print(proc.stdout, proc.stderr)
+        assert proc.returncode == 0
+        for check_id, _ in verify.CHECKS:
+            assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())
+        for check_id in ("jupyter-kernel", "ssh-login", "devel-nvcc", "services-not-root", "declared-ports-only"):
+            assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())
