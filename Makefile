@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 VARIANT ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine build-image verify render lock test unit bench clean
+.PHONY: help venv engine registry build-image verify push render lock test unit bench clean
 
 help:
 	@echo "make build-image [VARIANT=runtime]   build, tag and verify an image (default: the manifest's default)"
 	@echo "make test                            all tests (unit + integration against the real engine)"
 	@echo "make unit                            unit tests only (no engine)"
 	@echo "make bench                           benchmarks; results in bench/results/"
+	@echo "make push REGISTRY=host:port/ns [VARIANT=…]  push a verified image, pull it back by digest"
 	@echo "make render | lock                   regenerate images/ or manifests/locks/"
 
 $(VENV)/.installed: pyproject.toml
@@ -29,8 +30,15 @@ engine:
 build-image: venv engine
 	$(PY) build.py build $(VARIANT)
 
+registry:
+	scripts/start-registry
+
+push: venv engine
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=HOST[:PORT]/NAMESPACE" >&2; exit 2; }
+	$(PY) build.py push $(or $(VARIANT),workstation) --registry $(REGISTRY)
+
 verify: venv engine
-	$(PY) build.py verify $(or $(VARIANT),runtime)
+	$(PY) build.py verify $(or $(VARIANT),workstation)
 
 render: venv
 	$(PY) build.py render --all

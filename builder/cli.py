@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from builder import context, engine, lock, manifest, pipeline, render, tags, verify
+from builder import context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
 from builder.errors import BuildFailed, UserError
 
 DESCRIPTION = """Build, tag and verify reproducible PyTorch/CUDA images from manifests/images.yaml.
@@ -76,24 +77,35 @@ def cmd_build(args: argparse.Namespace) -> int:
     variant = m.variant(args.variant or m.data["default_variant"])
     pipeline.check_buildable(variant)
     c = engine.client()
+    if args.check_reproducible:
+        first, second = pipeline.check_reproducible(c, variant, repository=args.repository,
+                                                    ca_bundle=args.ca_bundle, quiet=args.quiet)
+        if first != second:
+            print(f"NOT reproducible: {first} != {second}; `python build.py diff {first} {second}` explains",
+                  file=sys.stderr)
+            return 1
+        print(f"reproducible: both builds gave {first}")
+        return 0
     built = pipeline.build(c, variant, repository=args.repository, ca_bundle=args.ca_bundle,
                            nocache=args.no_cache, quiet=args.quiet)
-    if args.skip_verify:
-        return 0
-    ok = run_verify(c, built.refs[0], variant, args.ca_bundle)
-    if not ok:
+    results = [] if args.skip_verify else run_verify(c, built.refs[0], variant, args.ca_bundle)
+    image_id, _ = release.record_build(c, built, results, args.records, quiet=args.quiet)
+    if results and not all(r.ok for r in results):
         engine.untag(c, built.refs)
-        print(f"verification failed: tags removed; the image stays as {built.image_id}", file=sys.stderr)
-    return 0 if ok else 1
+        print(f"verification failed: tags removed; the image stays as {image_id}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def run_verify(c, image: str, variant: manifest.Variant, ca_bundle: str | None) -> bool:
+def run_verify(c, image: str, variant: manifest.Variant, ca_bundle: str | None) -> list[verify.CheckResult]:
     repository = image.rpartition(":")[0] if ":" in image and not image.startswith("sha256:") else variant.manifest.name
     runtime = variant.sibling("runtime")
     runtime_ref = f"{repository}:{tags.full_tag(tags.expected_versions(runtime), 'runtime')}"
     evidence = verify.gather(c, image, variant, context.find_ca_bundle(ca_bundle), runtime_ref)
     print(f"verifying {image} as variant {variant.name}")
-    return verify.report(verify.run_checks(evidence))
+    results = verify.run_checks(evidence)
+    verify.report(results)
+    return results
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -112,7 +124,66 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise UserError(f"image {image} has no pytorch-cuda.variant label: it was not built by build.py; "
                             f"name the variant instead")
         variant = verify.variant_of(m, config, None)
-    return 0 if run_verify(c, image, variant, args.ca_bundle) else 1
+    return 0 if all(r.ok for r in run_verify(c, image, variant, args.ca_bundle)) else 1
+
+
+def image_of(m: manifest.Manifest, target: str, repository: str | None) -> str:
+    """A variant's full tag in the engine, or the image reference given."""
+    if target in m.variants():
+        variant = m.variant(target)
+        return f"{repository or m.name}:{tags.full_tag(tags.expected_versions(variant), variant.flavor)}"
+    return target
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    m = manifest.load(args.manifest)
+    variant = m.variant(args.variant)
+    c = engine.client()
+    image = image_of(m, args.variant, args.repository)
+    if not engine.image_exists(c, image):
+        raise UserError(f"{image} is not built here: tags are read from inside the image, so build it first")
+    found = facts.collect(c, image)
+    for tag in tags.tags_for(tags.observed_versions(found), variant.flavor, m.source_date_epoch) + \
+            (["latest"] if args.latest else []):
+        print(f"{args.repository or m.name}:{tag}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    m = manifest.load(args.manifest)
+    image = image_of(m, args.target, args.repository)
+    auth = None
+    if args.username:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise UserError("--username given: write the password (or token) on standard input, e.g. "
+                            "`echo \"$TOKEN\" | python build.py push ... --username me`")
+        auth = {"username": args.username, "password": password}
+    c = engine.client()
+    release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
+                 latest=args.latest)
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    m = manifest.load(args.manifest)
+    rows = [{"variant": v.name, "flavor": v.flavor, "cuda": v.cuda.key,
+             "tag": f"{m.name}:{tags.full_tag(tags.expected_versions(v), v.flavor)}",
+             "locked": all(v.lock_path(layer).exists() for layer in v.python_layers())}
+            for v in m.variants().values() if v.built]
+    if args.format == "github":
+        print("matrix=" + json.dumps({"include": rows}, separators=(",", ":")))
+    else:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    c = engine.client()
+    for image in (args.image_a, args.image_b):
+        if not engine.image_exists(c, image):
+            raise UserError(f"no image {image} in the engine")
+    return 0 if diff.explain(c, args.image_a, args.image_b, sys.stdout, limit=args.limit) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -142,7 +213,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", help="image repository name (default: the manifest's name)")
     s.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
     s.add_argument("--skip-verify", action="store_true", help="tag without running verify")
+    s.add_argument("--check-reproducible", action="store_true",
+                   help="build twice from a cleared cache (base bootstrap included); exit 1 unless the IDs match")
     s.add_argument("--quiet", action="store_true", help="no build output unless a step fails")
+    s.add_argument("--records", type=Path, default=record.RECORDS,
+                   help="where build records and SBOMs go (default: build/records)")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("verify", help="run an image and check it; one PASS/FAIL line per check")
@@ -151,6 +226,33 @@ def parser() -> argparse.ArgumentParser:
                                        "(default: as for build)")
     s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("tags", help="the tags of a built variant, read from inside the image")
+    s.add_argument("variant")
+    s.add_argument("--repository", help="repository name (default: the manifest's name)")
+    s.add_argument("--latest", action="store_true", help="also print `latest`")
+    s.set_defaults(func=cmd_tags)
+
+    s = sub.add_parser("push", help="push a verified image (every tag), pull it back by digest, record it")
+    s.add_argument("target", metavar="VARIANT|IMAGE")
+    s.add_argument("--registry", required=True, metavar="HOST[:PORT]/NAMESPACE")
+    s.add_argument("--username", help="registry user; the password is read from standard input "
+                                      "(default: the Docker config and its credential helpers)")
+    s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
+    s.add_argument("--records", type=Path, default=record.RECORDS, help="build records (default: build/records)")
+    s.add_argument("--latest", action="store_true", help="also push `latest`")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_push)
+
+    s = sub.add_parser("matrix", help="the variant matrix for a CI system to fan out builds")
+    s.add_argument("--format", choices=("github", "json"), default="json")
+    s.set_defaults(func=cmd_matrix)
+
+    s = sub.add_parser("diff", help="explain how two images differ: config, then files per layer")
+    s.add_argument("image_a", metavar="IMAGE_A")
+    s.add_argument("image_b", metavar="IMAGE_B")
+    s.add_argument("--limit", type=int, default=40, help="paths shown per layer (default: %(default)s)")
+    s.set_defaults(func=cmd_diff)
     return p
 
 

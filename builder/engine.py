@@ -6,10 +6,11 @@ classic builder reports progress and errors.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import sys
 from dataclasses import dataclass
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
 import docker
 import docker.errors
@@ -106,3 +107,29 @@ def untag(c: docker.DockerClient, refs: Iterable[str]) -> None:
 
 def tags_of(c: docker.DockerClient, image_id: str) -> list[str]:
     return list(c.images.get(image_id).tags)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buffer))
+        b[:n], self._buffer = self._buffer[:n], self._buffer[n:]
+        return n
+
+
+def saved_stream(c: docker.DockerClient, image: str) -> IO[bytes]:
+    """`docker save` of one image as a readable stream (never the whole image in memory)."""
+    return io.BufferedReader(_ChunkReader(c.api.get_image(image)), buffer_size=1 << 20)

@@ -14,9 +14,11 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 import docker
+
+from builder import engine
 
 # Path patterns (fnmatch, no leading slash) whose presence in any layer is a finding.
 FORBIDDEN = {
@@ -25,7 +27,12 @@ FORBIDDEN = {
     "apt package lists": ["var/lib/apt/lists/*_Packages*", "var/lib/apt/lists/*_InRelease",
                           "var/lib/apt/lists/*_Release*", "var/lib/apt/lists/*Translation*"],
     "SSH host key": ["etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub"],
+    # written by every build with the time in it; the normalizer drops them (builder/normalize.py)
+    "build-varying file": ["var/log/apt/*", "var/log/dpkg.log", "var/log/alternatives.log",
+                           "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+                           "var/cache/apt/*.bin"],
 }
+EMPTIED = ["etc/machine-id", "var/lib/dbus/machine-id"]  # must be empty: set per machine at first boot
 PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----", re.S)
 # A real key: the armour line followed by base64 (libraries that parse keys carry the bare line).
 PRIVATE_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40}")
@@ -67,6 +74,8 @@ def scan_layer(layer: IO[bytes]) -> LayerScan:
             for what, patterns in FORBIDDEN.items():
                 if any(fnmatch.fnmatch(path, p) for p in patterns):
                     scan.findings.append(f"{what}: /{path}")
+            if entry.isfile() and path in EMPTIED and entry.size:
+                scan.findings.append(f"build-varying file: /{path} is not empty")
             if not entry.isfile() or entry.size > SMALL:
                 continue
             data = tar.extractfile(entry).read()
@@ -79,27 +88,6 @@ def scan_layer(layer: IO[bytes]) -> LayerScan:
             if path.startswith("opt/venv/") and path.endswith(".pyc") and data[4:8] == b"\0\0\0\0":
                 scan.findings.append(f"timestamp-based bytecode (differs per build): /{path}")
     return scan
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks, for tarfile's streaming mode."""
-
-    def __init__(self, chunks: Iterable[bytes]):
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buffer))
-        b[:n], self._buffer = self._buffer[:n], self._buffer[n:]
-        return n
 
 
 def scan_saved(stream: IO[bytes]) -> list[LayerScan]:
@@ -149,6 +137,6 @@ def judge(layers: list[LayerScan], build_bundle: bytes | None, history: list[str
 
 def scan_image(c: docker.DockerClient, image: str, build_bundle: Path | None) -> list[str]:
     """Findings for an image in the engine (empty means clean)."""
-    layers = scan_saved(io.BufferedReader(_ChunkReader(c.api.get_image(image)), buffer_size=1 << 20))
+    layers = scan_saved(engine.saved_stream(c, image))
     history = [h.get("CreatedBy", "") for h in c.api.history(image)]
     return judge(layers, build_bundle.read_bytes() if build_bundle else None, history)

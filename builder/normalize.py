@@ -62,6 +62,7 @@ __all__ = [
     "normalize_layer_bytes",
     "normalize_saved_image",
     "normalize_to_file",
+    "normalize_in_engine",
     "canonical_json",
     "rfc3339",
     "tar_header",
@@ -135,6 +136,7 @@ class LayerReport:
     removed: int  # entries dropped by the drop list
     emptied: int  # regular files truncated (DEFAULT_EMPTY)
     removed_sample: tuple[str, ...] = ()  # up to 10 removed paths, sorted, for diagnostics
+    reused: bool = False  # the engine already held this layer: not sent again
 
 
 @dataclass(frozen=True)
@@ -836,6 +838,7 @@ def normalize_saved_image(
     empty: Iterable[str] = DEFAULT_EMPTY,
     keep_pycache: PycacheMode = "valid",
     repo_tags: Sequence[str] | None = None,
+    reuse: Callable[[str, list[str]], str | None] | None = None,
 ) -> Generator[bytes, None, NormalizeReport]:
     """Yield a normalized ``docker load`` tar for the one image saved (by ID) at ``src_path``.
 
@@ -843,6 +846,11 @@ def normalize_saved_image(
     ``StopIteration.value``) is the :class:`NormalizeReport`; :func:`normalize_to_file` and
     :func:`load_normalized` hand it back directly.  ``repo_tags`` go into manifest.json, so
     ``docker load`` tags the image itself.  The output tar is itself deterministic.
+
+    ``reuse(source_diff_id, diff_ids_so_far)`` may return the normalized diff ID of a layer the
+    engine already holds on exactly that chain; the layer is then left out of the upload
+    (``docker load`` never opens a layer file whose chain it has), which is what makes a
+    flavor's normalization cost its own layers only.
     """
     rules = _options(drop, empty, keep_pycache)
     epoch = int(epoch)
@@ -867,8 +875,13 @@ def normalize_saved_image(
         reports: list[LayerReport] = []
         paths: list[str] = []
         for i, (offset, size) in enumerate(saved.layers):
-            plan = _plan_layer(f, offset, size, epoch, rules)
             path = f"{i}/layer.tar"
+            known = reuse(str(source_diff_ids[i]), [r.diff_id for r in reports]) if reuse else None
+            if known:
+                reports.append(LayerReport(str(source_diff_ids[i]), known, size, 0, 0, 0, 0, 0, reused=True))
+                paths.append(path)
+                continue
+            plan = _plan_layer(f, offset, size, epoch, rules)
             yield from put(_outer_header(path, plan.out_size, epoch))
             digest = hashlib.sha256()
             n = 0
@@ -965,3 +978,56 @@ def load_normalized(
     except docker.errors.ImageNotFound as e:
         raise NormalizeError(f"docker load did not produce {report.image_id}: {messages}") from e
     return report
+
+
+def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[str, str] | None = None,
+                        tmp_dir: str | None = None, **options: Any) -> NormalizeReport:
+    """Save an image by ID, normalize it and load it back; returns the report (new image ID).
+
+    ``cache`` maps "<epoch>:<source diff ID>" to normalized diff IDs from earlier runs: a layer
+    found there whose normalized chain the engine already holds is not rewritten or sent again.
+    The cache is updated in place.
+    """
+    import tempfile
+
+    api = getattr(client, "api", client)
+    cache = {} if cache is None else cache
+    chains = set()
+    for image in api.images(all=True):
+        layers = api.inspect_image(image["Id"])["RootFS"].get("Layers") or []
+        chains.update(tuple(layers[:n]) for n in range(1, len(layers) + 1))
+
+    def reuse(source: str, done: list[str]) -> str | None:
+        known = cache.get(f"{epoch}:{source}")
+        return known if known and tuple(done + [known]) in chains else None
+
+    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-save-", suffix=".tar", dir=tmp_dir) as saved:
+        for chunk in api.get_image(image_id):
+            saved.write(chunk)
+        saved.flush()
+        report = load_normalized(client, saved.name, epoch, reuse=reuse, **options)
+    cache.update({f"{epoch}:{layer.source_diff_id}": layer.diff_id for layer in report.layers})
+    return report
+
+
+def relabel_in_engine(client: Any, config: bytes, labels: dict[str, str], epoch: int) -> str:
+    """Load a copy of a normalized image whose config has `labels` added; returns the new image ID.
+
+    Only the config travels: every layer's chain is already in the engine, so `docker load`
+    reads no layer file. The result is as reproducible as the labels are.
+    """
+    data = json.loads(config)
+    data.setdefault("config", {}).setdefault("Labels", {}).update(labels)
+    new_config = canonical_json(data)
+    image_hex = hashlib.sha256(new_config).hexdigest()
+    layers = [f"{i}/layer.tar" for i in range(len(data["rootfs"]["diff_ids"]))]
+    manifest = canonical_json([{"Config": f"{image_hex}.json", "Layers": layers, "RepoTags": None}])
+    upload = bytearray()
+    for name, body in ((f"{image_hex}.json", new_config), ("manifest.json", manifest)):
+        upload += _outer_header(name, len(body), epoch) + body + bytes(-len(body) % BLOCK)
+    upload += _END
+    api = getattr(client, "api", client)
+    for message in api.load_image(bytes(upload), quiet=False):
+        if isinstance(message, dict) and message.get("error"):
+            raise NormalizeError(f"docker load of the relabelled config failed: {message['error']}")
+    return "sha256:" + image_hex

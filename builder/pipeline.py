@@ -1,19 +1,26 @@
-"""`build`: base → context → docker build → read versions → check tags → tag.
+"""`build`: base → context → docker build → normalize → read versions → check tags → tag.
 
 The image gets its tags only after what it reports about itself matches the manifest, so a
-failed or mismatched build leaves nothing tagged.
+failed or mismatched build leaves nothing tagged. The tagged image is the normalized one: same
+inputs, same image ID (the raw build stays behind, untagged, as the layer cache).
 """
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
+import json
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
 from builder import base, context, engine, facts, lock, tags
+from builder import normalize as normalize_
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
+
+
+NORMALIZE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytorch-cuda" / "normalized-layers.json"
 
 
 @dataclass
@@ -22,6 +29,25 @@ class Built:
     image_id: str
     refs: list[str]
     facts: dict
+    raw_id: str = ""  # what docker build produced, before normalization
+    config: bytes = b""  # the normalized config (its sha256 is image_id)
+    seconds: dict = field(default_factory=dict)  # build, normalize
+
+
+def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> normalize_.NormalizeReport:
+    """Rewrite the built image deterministically and load it back, reusing layers already normalized."""
+    try:
+        cache = json.loads(NORMALIZE_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=cache)
+    NORMALIZE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    NORMALIZE_CACHE.write_text(json.dumps(cache, indent=0, sort_keys=True))
+    if not quiet:
+        sent = [layer for layer in report.layers if not layer.reused]
+        print(f"normalized {raw_id[:19]} → {report.image_id[:19]} ({len(sent)} of {len(report.layers)} layers "
+              f"rewritten, {sum(layer.removed for layer in sent)} build-varying files dropped)", flush=True)
+    return report
 
 
 def check_buildable(variant: Variant) -> None:
@@ -52,8 +78,13 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     base.ensure_base(c, variant.manifest, quiet=quiet)
     if not quiet:
         print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
-    image_id = engine.build(c, context.build_context(variant, ca), target=variant.flavor,
-                            nocache=nocache, quiet=quiet)
+    started = time.monotonic()
+    raw_id = engine.build(c, context.build_context(variant, ca), target=variant.flavor,
+                          nocache=nocache, quiet=quiet)
+    built_at = time.monotonic()
+    normalized = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
+    image_id = normalized.image_id
+    seconds = {"build": round(built_at - started, 1), "normalize": round(time.monotonic() - built_at, 1)}
     found = facts.collect(c, image_id)
     if "torch_error" in found:
         raise BuildFailed(f"variant {variant.name}: torch does not import in the built image "
@@ -68,4 +99,15 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     engine.tag(c, image_id, refs)
     if not quiet:
         print(f"built {image_id}\n" + "".join(f"tagged {r}\n" for r in refs), end="", flush=True)
-    return Built(variant=variant, image_id=image_id, refs=refs, facts=found)
+    return Built(variant=variant, image_id=image_id, refs=refs, facts=found, raw_id=raw_id,
+                 config=normalized.config, seconds=seconds)
+
+
+def check_reproducible(c: docker.DockerClient, variant: Variant, **options) -> list[str]:
+    """Build twice, each time from a cleared layer cache and a freshly bootstrapped base; the IDs."""
+    ids = []
+    for attempt in (1, 2):
+        engine.untag(c, [variant.manifest.base_ref])  # the next build bootstraps the base anew
+        ids.append(build(c, variant, nocache=True, **options).image_id)
+        print(f"build {attempt}: {ids[-1]}", flush=True)
+    return ids

@@ -37,10 +37,16 @@ def build_date(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y%m%d")
 
 
+def short_tag(v: ImageVersions, flavor: str) -> str:
+    """The moving tag, e.g. 2.8-cu128-runtime: follows the newest patch release."""
+    torch = Version(v.torch)
+    return f"{torch.major}.{torch.minor}-cu{v.cuda.replace('.', '')}-{flavor}"
+
+
 def tags_for(v: ImageVersions, flavor: str, epoch: int) -> list[str]:
-    """The full tag and its immutable dated twin (the date is the manifest's build date)."""
+    """The full tag, its immutable dated twin (the date is the manifest's build date), the short moving tag."""
     tag = full_tag(v, flavor)
-    return [tag, f"{tag}-{build_date(epoch)}"]
+    return [tag, f"{tag}-{build_date(epoch)}", short_tag(v, flavor)]
 
 
 def expected_versions(variant: Variant) -> ImageVersions:

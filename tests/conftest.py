@@ -28,8 +28,8 @@ def docker_client() -> docker.DockerClient:
 @pytest.fixture(scope="session")
 def session_images(docker_client, the_manifest):
     """At the end of the session, remove the images it created: everything tagged under
-    TEST_REPOSITORY (with the build cache beneath it) and the base, if the session bootstrapped it.
-    Images and tags that were there before are left alone."""
+    TEST_REPOSITORY, the raw builds behind them (with the build cache beneath), and the base if
+    the session bootstrapped it. Images and tags that were there before are left alone."""
     before = {i.id for i in docker_client.images.list(all=True)}
     yield
     if os.environ.get("KEEP_TEST_IMAGES") == "1":
@@ -45,6 +45,8 @@ def session_images(docker_client, the_manifest):
         base_id = docker_client.images.get(the_manifest.base_ref).id
         if base_id not in before:
             created.append(base_id)
+    # raw builds (the layer cache behind each normalized image) are untagged leaves made here
+    created += [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id not in before]
     for image_id in created:
         try:
             docker_client.images.remove(image_id, force=True)  # its untagged parents (build cache) go too

@@ -113,8 +113,8 @@ class SSHTests(ServiceTests):
 
 
 class DevelTests(FlavorTests):
-    def test_nvcc_compiles_cuda(self, checks):
-        passed(checks, "devel-nvcc")
+    def test_cuda_toolchain_assembles_device_code_and_links_cudart(self, checks):
+        passed(checks, "devel-cuda-toolchain")
 
     def test_torch_extension_builds(self, checks):
         passed(checks, "devel-torch-extension")
@@ -142,5 +142,5 @@ class TestWorkstation(DevelTests, JupyterTests, SSHTests):
         assert proc.returncode == 0
         for check_id, _ in verify.CHECKS:
             assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())
-        for check_id in ("jupyter-kernel", "ssh-login", "devel-nvcc", "services-not-root", "declared-ports-only"):
+        for check_id in ("jupyter-kernel", "ssh-login", "devel-cuda-toolchain", "services-not-root", "declared-ports-only"):
             assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())

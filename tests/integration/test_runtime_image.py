@@ -17,6 +17,7 @@ def test_tags_name_what_is_inside(runtime_image, docker_client):
     assert runtime_image.refs == [
         f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime",
         f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime-20261128",
+        f"{TEST_REPOSITORY}:2.8-cu128-runtime",
     ]
     assert sorted(engine.tags_of(docker_client, runtime_image.image_id)) >= sorted(runtime_image.refs)
     assert not any(t.endswith(":latest") for t in engine.tags_of(docker_client, runtime_image.image_id))

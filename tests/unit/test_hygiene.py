@@ -78,3 +78,12 @@ def test_timestamp_bytecode_in_the_venv_is_found_hash_based_is_not():
 def test_history_that_mentions_the_ca():
     findings = hygiene.judge([layer({})], None, ["/bin/sh -c PIP_CERT=/ca.pem pip install torch"])
     assert findings and "PIP_CERT" in findings[0]
+
+
+def test_build_varying_files_and_a_set_machine_id():
+    findings = hygiene.judge([layer({"var/log/dpkg.log": b"2026-11-28 install x", "var/cache/ldconfig/aux-cache": b"1",
+                                     "etc/machine-id": b"0123456789abcdef\n"})], None, [])
+    assert sorted(findings) == ["build-varying file: /etc/machine-id is not empty",
+                                "build-varying file: /var/cache/ldconfig/aux-cache",
+                                "build-varying file: /var/log/dpkg.log"]
+    assert hygiene.judge([layer({"etc/machine-id": b""})], None, []) == []

@@ -10,6 +10,7 @@ def test_tags_from_reported_versions():
     assert tags.tags_for(observed, "runtime", 1795824000) == [
         "2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime",
         "2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime-20261128",
+        "2.8-cu128-runtime",
     ]
 
 
