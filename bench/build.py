@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Build benchmark: cold, warm and late-change rebuilds of the runtime image, next to a naive
-single-stage Dockerfile on the same base. Writes bench/results/build.json.
+single-stage Dockerfile on the same base; what normalization adds; what each flavor adds on top
+of runtime. Writes bench/results/build.json.
 
-Targets (issue 2): image no larger than the naive one; warm rebuild under 10 s; a late-layer
-change does not reinstall torch. Run with `make bench` (takes ~15 min on 2 cores).
+Targets: image no larger than the naive one; warm rebuild under 10 s; a late-layer change does
+not reinstall torch (issue 2); normalization adds at most 30% to a cold build (issue 5); jupyter
+and ssh each add under 300 MB (issue 4). Run with `make bench` (about 30 min on 2 cores).
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def main() -> int:
     try:
         cold, results["cold_build_s"] = timed(lambda: pipeline.build(
             c, variant, repository="pytorch-cuda-bench", ca_bundle=None, nocache=True, quiet=True))
+        results["cold_build_phases_s"] = cold.seconds
+        results["normalization_overhead"] = round(cold.seconds["normalize"] / cold.seconds["build"], 3)
         _, results["warm_rebuild_s"] = timed(lambda: pipeline.build(
             c, variant, repository="pytorch-cuda-bench", quiet=True))
         log = io.StringIO()
@@ -91,11 +95,19 @@ def main() -> int:
         naive_id, results["naive_cold_build_s"] = timed(lambda: engine.build(
             c, naive_ctx, target="", nocache=True, quiet=True))
         results["image_size_bytes"] = c.images.get(cold.image_id).attrs["Size"]
+        results["flavor_added_bytes"] = {}
+        for flavor in ("devel", "jupyter", "ssh", "workstation"):
+            built, seconds = timed(lambda: pipeline.build(c, m.variant(flavor), repository="pytorch-cuda-bench",
+                                                          quiet=True))
+            results["flavor_added_bytes"][flavor] = c.images.get(built.image_id).attrs["Size"] - results["image_size_bytes"]
+            results[f"{flavor}_build_on_warm_runtime_s"] = seconds
         results["naive_image_size_bytes"] = c.images.get(naive_id).attrs["Size"]
         results["targets"] = {
             "image_not_larger_than_naive": results["image_size_bytes"] <= results["naive_image_size_bytes"],
             "warm_rebuild_under_10s": results["warm_rebuild_s"] < 10,
             "late_change_does_not_reinstall_torch": not results["late_layer_change_reinstalled_torch"],
+            "normalization_adds_at_most_30_percent": results["normalization_overhead"] <= 0.30,
+            "jupyter_and_ssh_add_under_300MB": all(results["flavor_added_bytes"][f] < 300e6 for f in ("jupyter", "ssh")),
         }
     finally:
         for image in c.images.list(all=True):

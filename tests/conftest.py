@@ -27,8 +27,8 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def session_images(docker_client, the_manifest):
-    """At the end of the session, remove the images it created: everything tagged under
-    TEST_REPOSITORY, the raw builds behind them (with the build cache beneath), and the base if
+    """At the end of the session, remove the images it created: everything tagged under a
+    repository named after TEST_REPOSITORY, the raw builds behind them (with the build cache beneath), and the base if
     the session bootstrapped it. Images and tags that were there before are left alone."""
     before = {i.id for i in docker_client.images.list(all=True)}
     yield
@@ -36,7 +36,7 @@ def session_images(docker_client, the_manifest):
         return
     created = []
     for image in docker_client.images.list():
-        test_tags = [t for t in image.tags if t.startswith(f"{TEST_REPOSITORY}:")]
+        test_tags = [t for t in image.tags if TEST_REPOSITORY in t.rpartition(":")[0]]
         if test_tags:
             engine.untag(docker_client, test_tags)
             if image.id not in before and len(test_tags) == len(image.tags):

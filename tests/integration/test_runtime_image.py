@@ -36,7 +36,7 @@ def test_versions_inside_match_the_manifest(runtime_image):
 def test_image_config(runtime_image, docker_client, the_manifest):
     config = docker_client.api.inspect_image(runtime_image.image_id)["Config"]
     assert config["User"] == f"{the_manifest.user['uid']}:{the_manifest.user['uid']}"
-    assert config["Entrypoint"][:2] == ["/usr/bin/tini", "--"]
+    assert config["Entrypoint"][:3] == ["/usr/bin/tini", "-g", "--"]
     assert "NVIDIA_VISIBLE_DEVICES=all" in config["Env"]
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in config["Env"]
     assert config["Labels"]["pytorch-cuda.cudnn"] == "9.10.2.21"
