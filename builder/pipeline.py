@@ -19,7 +19,6 @@ from builder import normalize as normalize_
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
 
-
 NORMALIZE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytorch-cuda" / "normalized-layers.json"
 
 
@@ -34,20 +33,28 @@ class Built:
     seconds: dict = field(default_factory=dict)  # build, normalize
 
 
-def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> normalize_.NormalizeReport:
-    """Rewrite the built image deterministically and load it back, reusing layers already normalized."""
+def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes]:
+    """Rewrite the built image deterministically and load it back; (image ID, config bytes).
+
+    Layers normalized before are reused, and a raw image normalized before (an unchanged
+    rebuild) is not saved again at all: its normalized config is remembered.
+    """
     try:
         cache = json.loads(NORMALIZE_CACHE.read_text())
     except (OSError, ValueError):
         cache = {}
+    known = cache.get(f"image:{epoch}:{raw_id}")
+    if known and engine.image_exists(c, known["id"]):
+        return known["id"], known["config"].encode()
     report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=cache)
+    cache[f"image:{epoch}:{raw_id}"] = {"id": report.image_id, "config": report.config.decode()}
     NORMALIZE_CACHE.parent.mkdir(parents=True, exist_ok=True)
     NORMALIZE_CACHE.write_text(json.dumps(cache, indent=0, sort_keys=True))
     if not quiet:
         sent = [layer for layer in report.layers if not layer.reused]
         print(f"normalized {raw_id[:19]} → {report.image_id[:19]} ({len(sent)} of {len(report.layers)} layers "
               f"rewritten, {sum(layer.removed for layer in sent)} build-varying files dropped)", flush=True)
-    return report
+    return report.image_id, report.config
 
 
 def check_buildable(variant: Variant) -> None:
@@ -82,8 +89,7 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     raw_id = engine.build(c, context.build_context(variant, ca), target=variant.flavor,
                           nocache=nocache, quiet=quiet)
     built_at = time.monotonic()
-    normalized = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
-    image_id = normalized.image_id
+    image_id, config = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"build": round(built_at - started, 1), "normalize": round(time.monotonic() - built_at, 1)}
     found = facts.collect(c, image_id)
     if "torch_error" in found:
@@ -100,7 +106,7 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     if not quiet:
         print(f"built {image_id}\n" + "".join(f"tagged {r}\n" for r in refs), end="", flush=True)
     return Built(variant=variant, image_id=image_id, refs=refs, facts=found, raw_id=raw_id,
-                 config=normalized.config, seconds=seconds)
+                 config=config, seconds=seconds)
 
 
 def check_reproducible(c: docker.DockerClient, variant: Variant, **options) -> list[str]:

@@ -34,10 +34,8 @@ def record_build(c: docker.DockerClient, built: Built, checks: list, records_dir
         engine.tag(c, labelled, built.refs)
         with_labels = record.inspect_image(c, labelled)
         rec["image"]["id"], rec["sizes"]["image_bytes"] = with_labels.id, with_labels.size
-        try:
-            c.api.remove_image(built.image_id, noprune=True)  # now untagged; its layers live on in `labelled`
-        except docker.errors.APIError:
-            pass
+        # the unlabelled image stays, untagged: it costs a config file, and an unchanged rebuild
+        # finds it instead of normalizing 7 GB again
     path = record.write_record(rec, records_dir)
     if not quiet:
         print(f"recorded {path} and {sbom_file[0]}; {labelled} carries their digests")
