@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VARIANT ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine registry build-image verify push render lock test unit bench clean
+.PHONY: help venv engine tools registry build-image verify push render lock test unit bench clean
 
 help:
 	@echo "make build-image [VARIANT=runtime]   build, tag and verify an image (default: the manifest's default)"
@@ -27,7 +27,11 @@ venv: $(VENV)/.installed
 engine:
 	scripts/start-engine
 
-build-image: venv engine
+# mmdebstrap bootstraps the Ubuntu base (Debian/Ubuntu hosts; installed once, as root)
+tools:
+	@command -v mmdebstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+
+build-image: venv engine tools
 	$(PY) build.py build $(VARIANT)
 
 registry:
@@ -46,13 +50,13 @@ render: venv
 lock: venv
 	$(PY) build.py lock --all
 
-test: venv engine
+test: venv engine tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: venv engine
+bench: venv engine tools
 	$(PY) bench/build.py
 
 clean:
