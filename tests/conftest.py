@@ -41,12 +41,12 @@ def session_images(docker_client, the_manifest):
             engine.untag(docker_client, test_tags)
             if image.id not in before and len(test_tags) == len(image.tags):
                 created.append(image.id)
-    if engine.image_exists(docker_client, the_manifest.base_ref):
+    # raw builds (the layer cache behind each normalized image) are untagged leaves made here
+    created += [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id not in before]
+    if engine.image_exists(docker_client, the_manifest.base_ref):  # last: the raw builds stand on it
         base_id = docker_client.images.get(the_manifest.base_ref).id
         if base_id not in before:
             created.append(base_id)
-    # raw builds (the layer cache behind each normalized image) are untagged leaves made here
-    created += [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id not in before]
     for image_id in created:
         try:
             docker_client.images.remove(image_id, force=True)  # its untagged parents (build cache) go too
