@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 
 from builder import engine, record, registry, sbom
-from builder.errors import UserError
+from builder.errors import BuildFailed, UserError
 from builder.normalize import relabel_in_engine
 from builder.pipeline import Built
 from builder.tags import full_tag, observed_versions
@@ -57,8 +57,14 @@ def push(c: docker.DockerClient, image: str, target: str, *, records_dir: Path =
     if latest:
         refs.append(f"{refs[0].rpartition(':')[0]}:latest")
     digests = registry.push(c, image_id, refs, host, namespace, quiet=quiet, auth_config=auth_config)
+    auth = (auth_config["username"], auth_config["password"]) if auth_config else None
     for remote, digest in digests.items():
         repo = remote.rpartition(":")[0]
+        # the engine still holds the layers, so pulling back proves the config; the registry's
+        # own API proves every blob is there
+        problems = registry.remote_problems(host, repo.split("/", 1)[1], digest, expected_image_id=image_id, auth=auth)
+        if problems:
+            raise BuildFailed(f"{remote} is incomplete in the registry: " + "; ".join(problems))
         pulled = registry.pull_back(c, f"{repo}@{digest}", expected_image_id=image_id, auth_config=auth_config)
         rec = record.add_push(rec, remote, digest, pulled)
         engine.untag(c, [f"{repo}@{digest}"])
