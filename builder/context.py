@@ -18,14 +18,18 @@ SELFTEST = ROOT / "selftest"
 ROOTFS = TEMPLATES / "rootfs"
 BUILD_SCRIPTS = TEMPLATES / "build"  # used in builder stages only, never in a final image
 CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
+SYSTEM_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls/certs/ca-bundle.crt"))
 
 
 def find_ca_bundle(explicit: str | None) -> Path | None:
-    """--ca-bundle, else the first of SSL_CERT_FILE / REQUESTS_CA_BUNDLE / PIP_CERT that is set."""
+    """--ca-bundle, else the first of SSL_CERT_FILE / REQUESTS_CA_BUNDLE / PIP_CERT that is set,
+    else the host's system bundle: a build trusts what the host trusts (a TLS-intercepting
+    proxy's CA included), and only in the build stage."""
     if explicit:
         path, source = Path(explicit), "--ca-bundle"
     else:
         found = [(Path(os.environ[k]), k) for k in CA_ENV if os.environ.get(k)]
+        found += [(p, "the system CA bundle") for p in SYSTEM_BUNDLES if p.is_file()]
         if not found:
             return None
         path, source = found[0]

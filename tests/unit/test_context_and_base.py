@@ -37,7 +37,11 @@ def test_ca_bundle_from_the_environment(monkeypatch, tmp_path):
     ca.write_text("x")
     for key in context.CA_ENV:
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(context, "SYSTEM_BUNDLES", (tmp_path / "none.crt",))
     assert context.find_ca_bundle(None) is None
+    monkeypatch.setattr(context, "SYSTEM_BUNDLES", (ca,))
+    assert context.find_ca_bundle(None) == ca, "the host's system bundle is the fallback"
+    monkeypatch.setattr(context, "SYSTEM_BUNDLES", (tmp_path / "none.crt",))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
     assert context.find_ca_bundle(None) == ca
     with pytest.raises(UserError, match="--ca-bundle: CA bundle /nonexistent.pem does not exist"):
