@@ -111,11 +111,8 @@ def run_verify(c, image: str, variant: manifest.Variant, ca_bundle: str | None) 
 def cmd_verify(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     c = engine.client()
-    if args.target in m.variants():
-        variant = m.variant(args.target)
-        image = f"{args.repository or m.name}:{tags.full_tag(tags.expected_versions(variant), variant.flavor)}"
-    else:
-        image, variant = args.target, None
+    image = image_of(m, args.target, args.repository)
+    variant = m.variant(args.target) if args.target in m.variants() else None
     if not engine.image_exists(c, image):
         raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
     if variant is None:

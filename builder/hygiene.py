@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
-import io
 import json
 import re
 import tarfile

@@ -92,12 +92,16 @@ class Manifest:
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-base:{self.os['name']}{self.os['version']}-{digest}"
 
+    def variant_name(self, flavor: str, cuda_key: str) -> str:
+        """The default CUDA build gets the bare flavor name, the others a suffix (runtime-cu126)."""
+        return flavor if cuda_key == self.default_cuda else f"{flavor}-{cuda_key}"
+
     def variants(self) -> dict[str, Variant]:
-        """Every flavor × CUDA build; the default CUDA gets the bare flavor name."""
+        """Every flavor × CUDA build."""
         result = {}
         for cuda in self.cudas.values():
-            for flavor, spec in self.data["flavors"].items():
-                name = flavor if cuda.key == self.default_cuda else f"{flavor}-{cuda.key}"
+            for flavor in self.data["flavors"]:
+                name = self.variant_name(flavor, cuda.key)
                 result[name] = Variant(name=name, flavor=flavor, cuda=cuda, manifest=self)
         return result
 
@@ -120,8 +124,7 @@ class Variant:
 
     def sibling(self, flavor: str) -> Variant:
         """The variant of another flavor on the same CUDA build."""
-        name = flavor if self.cuda.key == self.manifest.default_cuda else f"{flavor}-{self.cuda.key}"
-        return Variant(name=name, flavor=flavor, cuda=self.cuda, manifest=self.manifest)
+        return Variant(name=self.manifest.variant_name(flavor, self.cuda.key), flavor=flavor, cuda=self.cuda, manifest=self.manifest)
 
     def spec(self, flavor: str | None = None) -> dict[str, Any]:
         return self.manifest.data["flavors"][flavor or self.flavor]

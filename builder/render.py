@@ -48,14 +48,13 @@ def flavor_labels(variant: Variant, flavor: str) -> dict[str, str]:
     """Labels a flavor's stage sets last, overriding those of the stages it builds on."""
     tag = full_tag(expected_versions(variant), flavor)
     cuda = variant.cuda
-    name = flavor if cuda.key == variant.manifest.default_cuda else f"{flavor}-{cuda.key}"
     return {
         "org.opencontainers.image.version": tag,
         "org.opencontainers.image.description":
             f"PyTorch {cuda.torch}, CUDA {cuda.cuda}, cuDNN {cuda.cudnn}, Python {variant.manifest.python}, "
             f"{variant.manifest.os['name'].capitalize()} {variant.manifest.os['version']}: {flavor}",
         "pytorch-cuda.flavor": flavor,
-        "pytorch-cuda.variant": name,
+        "pytorch-cuda.variant": variant.sibling(flavor).name,
     }
 
 
