@@ -2,6 +2,9 @@
 
 A file deleted in a later layer still ships in the earlier one, so the scan reads the layers
 (streamed from `docker save`, never the whole image in memory), not a container's view.
+A layer's scan depends only on its bytes and the rules below, so it is kept by diff ID: the
+build scans each layer as it normalizes it, and `verify` then saves no image whose layers were
+all scanned under the same rules.
 """
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ import hashlib
 import json
 import re
 import tarfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import docker
 
-from builder import engine
+from builder import cache, engine
 
 # Path patterns (fnmatch, no leading slash) whose presence in any layer is a finding.
 FORBIDDEN = {
@@ -65,28 +69,74 @@ class LayerScan:
     file_hashes: dict[str, str] = field(default_factory=dict)  # path → sha256, small files only
 
 
-def scan_layer(layer: IO[bytes]) -> LayerScan:
+Entry = tuple[str, bool, int, Callable[[], bytes]]
+"""One layer entry as the scan sees it: path (no leading "/"), regular file?, size, its data."""
+
+
+def scan_entries(entries: Iterable[Entry]) -> LayerScan:
     scan = LayerScan()
-    with tarfile.open(fileobj=layer, mode="r|") as tar:
-        for entry in tar:
-            path = entry.name.lstrip("./")
-            for what, patterns in FORBIDDEN.items():
-                if any(fnmatch.fnmatch(path, p) for p in patterns):
-                    scan.findings.append(f"{what}: /{path}")
-            if entry.isfile() and path in EMPTIED and entry.size:
-                scan.findings.append(f"build-varying file: /{path} is not empty")
-            if not entry.isfile() or entry.size > SMALL:
-                continue
-            data = tar.extractfile(entry).read()
-            scan.file_hashes[path] = hashlib.sha256(data).hexdigest()
-            if b"-----BEGIN CERTIFICATE-----" in data:
-                scan.cert_files[path] = cert_ids(data)
-            if PRIVATE_KEY.search(data) and not data.startswith(b"\x7fELF") \
-                    and not any(fnmatch.fnmatch(path, p) for p in WHEEL_TEST_DATA):
-                scan.findings.append(f"private key: /{path}")
-            if path.startswith("opt/venv/") and path.endswith(".pyc") and data[4:8] == b"\0\0\0\0":
-                scan.findings.append(f"timestamp-based bytecode (differs per build): /{path}")
+    for path, is_file, size, read in entries:
+        for what, patterns in FORBIDDEN.items():
+            if any(fnmatch.fnmatch(path, p) for p in patterns):
+                scan.findings.append(f"{what}: /{path}")
+        if is_file and path in EMPTIED and size:
+            scan.findings.append(f"build-varying file: /{path} is not empty")
+        if not is_file or size > SMALL:
+            continue
+        data = read()
+        scan.file_hashes[path] = hashlib.sha256(data).hexdigest()
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            scan.cert_files[path] = cert_ids(data)
+        if PRIVATE_KEY.search(data) and not data.startswith(b"\x7fELF") \
+                and not any(fnmatch.fnmatch(path, p) for p in WHEEL_TEST_DATA):
+            scan.findings.append(f"private key: /{path}")
+        if path.startswith("opt/venv/") and path.endswith(".pyc") and data[4:8] == b"\0\0\0\0":
+            scan.findings.append(f"timestamp-based bytecode (differs per build): /{path}")
     return scan
+
+
+def scan_layer(layer: IO[bytes]) -> LayerScan:
+    """Scan one layer tar read as a stream."""
+    with tarfile.open(fileobj=layer, mode="r|") as tar:
+        return scan_entries((entry.name.lstrip("./"), entry.isfile(), entry.size,
+                             lambda entry=entry: tar.extractfile(entry).read()) for entry in tar)
+
+
+# What the scans depend on besides the layer's bytes: a kept scan made under other rules is unused.
+RULES = hashlib.sha256(json.dumps([FORBIDDEN, EMPTIED, PEM_CERT.pattern.decode(), PRIVATE_KEY.pattern.decode(),
+                                   SMALL, WHEEL_TEST_DATA, "timestamp-pyc"]).encode()).hexdigest()[:16]
+
+
+def _kept(diff_id: str) -> Path:
+    return cache.path("layer-scans", RULES, diff_id.replace("sha256:", "") + ".json")
+
+
+def keep(diff_id: str, scan: LayerScan) -> None:
+    data = asdict(scan) | {"cert_files": {p: sorted(ids) for p, ids in scan.cert_files.items()}}
+    path = _kept(diff_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    tmp.replace(path)  # whole or absent, even if two builds scan the same layer
+
+
+def kept(diff_id: str) -> LayerScan | None:
+    try:
+        data = json.loads(_kept(diff_id).read_text())
+    except (OSError, ValueError):
+        return None
+    return LayerScan(findings=data["findings"], file_hashes=data["file_hashes"],
+                     cert_files={p: set(ids) for p, ids in data["cert_files"].items()})
+
+
+def scan_and_keep(diff_id: str, entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> None:
+    """The normalizer's hook: scan a layer it just wrote, reading file data at its offsets in `f`."""
+    def reader(offset: int, size: int) -> Callable[[], bytes]:
+        def read() -> bytes:
+            f.seek(offset)
+            return f.read(size)
+        return read
+    keep(diff_id, scan_entries((path, is_file, size, reader(offset, size)) for path, is_file, size, offset in entries))
 
 
 def scan_saved(stream: IO[bytes]) -> list[LayerScan]:
@@ -134,8 +184,18 @@ def judge(layers: list[LayerScan], build_bundle: bytes | None, history: list[str
     return findings
 
 
-def scan_image(c: docker.DockerClient, image: str, build_bundle: Path | None) -> list[str]:
-    """Findings for an image in the engine (empty means clean)."""
-    layers = scan_saved(engine.saved_stream(c, image))
+def scan_image(c: docker.DockerClient, image: str, build_bundle: Path | None, *, use_kept: bool = True) -> list[str]:
+    """Findings for an image in the engine (empty means clean).
+
+    Layers come from the scans kept by diff ID when every layer has one (the engine checked each
+    layer's digest when it took it in); otherwise the image is saved and scanned now, and those
+    scans are kept.
+    """
+    diff_ids = c.api.inspect_image(image)["RootFS"].get("Layers") or []
+    layers = [kept(d) for d in diff_ids] if use_kept else [None]
+    if any(scan is None for scan in layers):
+        layers = scan_saved(engine.saved_stream(c, image))
+        for diff_id, scan in zip(diff_ids, layers):
+            keep(diff_id, scan)
     history = [h.get("CreatedBy", "") for h in c.api.history(image)]
     return judge(layers, build_bundle.read_bytes() if build_bundle else None, history)

@@ -31,6 +31,7 @@ file data is never held whole.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_EMPTY",
     "EMPTY_LAYER_DIGEST",
     "PYCACHE_DROP",
+    "LayerFile",
     "LayerReport",
     "PycacheMode",
     "NormalizeError",
@@ -149,6 +151,7 @@ class NormalizeReport:
     bytes_in: int  # layer + config bytes read from the saved tar
     bytes_out: int  # length of the produced docker-load tar
     config: bytes = field(repr=False, default=b"")  # the normalized config (its sha256 is the ID)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went (normalize_in_engine)
 
     @property
     def diff_ids(self) -> tuple[str, ...]:
@@ -399,6 +402,15 @@ class _Out(NamedTuple):
     xattrs: tuple[tuple[bytes, bytes], ...]
     offset: int
     size: int
+
+
+class LayerFile(NamedTuple):
+    """An entry of a normalized layer, for scans: where its data lies in the saved tar."""
+
+    path: str  # no leading "/" or "./"
+    is_file: bool  # a regular file with its own data (not a hard link)
+    size: int
+    offset: int
 
 
 @dataclass
@@ -839,6 +851,7 @@ def normalize_saved_image(
     keep_pycache: PycacheMode = "valid",
     repo_tags: Sequence[str] | None = None,
     reuse: Callable[[str, list[str]], str | None] | None = None,
+    on_layer: Callable[[str, list[LayerFile]], None] | None = None,
 ) -> Generator[bytes, None, NormalizeReport]:
     """Yield a normalized ``docker load`` tar for the one image saved (by ID) at ``src_path``.
 
@@ -851,6 +864,10 @@ def normalize_saved_image(
     engine already holds on exactly that chain; the layer is then left out of the upload
     (``docker load`` never opens a layer file whose chain it has), which is what makes a
     flavor's normalization cost its own layers only.
+
+    ``on_layer(diff_id, files)`` is called after each layer written, with its entries as
+    :data:`LayerFile` (data offsets point into ``src_path``): a scan can read the layer's files
+    without a second ``docker save``.
     """
     rules = _options(drop, empty, keep_pycache)
     epoch = int(epoch)
@@ -897,6 +914,9 @@ def normalize_saved_image(
             diff_id = "sha256:" + digest.hexdigest()
             reports.append(_layer_report(str(source_diff_ids[i]), diff_id, size, plan))
             paths.append(path)
+            if on_layer:
+                on_layer(diff_id, [LayerFile(e.key.replace(b"\0", b"/").decode("utf-8", "surrogateescape"),
+                                             e.type == _REG, e.size, e.offset) for e in plan.entries])
             del plan
 
     config = normalize_config(saved.config, [r.diff_id for r in reports], epoch)
@@ -981,14 +1001,19 @@ def load_normalized(
 
 
 def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[str, str] | None = None,
-                        tmp_dir: str | None = None, **options: Any) -> NormalizeReport:
+                        tmp_dir: str | None = None,
+                        scan: Callable[[str, list[LayerFile], BinaryIO], None] | None = None,
+                        **options: Any) -> NormalizeReport:
     """Save an image by ID, normalize it and load it back; returns the report (new image ID).
 
     ``cache`` maps "<epoch>:<source diff ID>" to normalized diff IDs from earlier runs: a layer
     found there whose normalized chain the engine already holds is not rewritten or sent again.
-    The cache is updated in place.
+    The cache is updated in place. ``scan(diff_id, files, saved_file)`` runs for each layer
+    written, in a thread beside the upload, while the saved tar still exists.
     """
     import tempfile
+    import time
+    from concurrent.futures import ThreadPoolExecutor
 
     api = getattr(client, "api", client)
     cache = {} if cache is None else cache
@@ -1001,11 +1026,33 @@ def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[s
         known = cache.get(f"{epoch}:{source}")
         return known if known and tuple(done + [known]) in chains else None
 
-    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-save-", suffix=".tar", dir=tmp_dir) as saved:
+    clock = time.monotonic()
+    seconds = {}
+
+    def lap(what: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        seconds[what] = round(now - clock, 1)
+        clock = now
+
+    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-save-", suffix=".tar", dir=tmp_dir) as saved, \
+            ThreadPoolExecutor(max_workers=1) as scanner:
         for chunk in api.get_image(image_id):
             saved.write(chunk)
         saved.flush()
-        report = load_normalized(client, saved.name, epoch, reuse=reuse, **options)
+        lap("save")
+        scans = []
+        with open(saved.name, "rb") as data:
+            def on_layer(diff_id: str, files: list[LayerFile]) -> None:
+                scans.append(scanner.submit(scan, diff_id, files, data))
+
+            report = load_normalized(client, saved.name, epoch, reuse=reuse,
+                                     on_layer=on_layer if scan else None, **options)
+            lap("rewrite_load")
+            for done in scans:
+                done.result()  # the scan's error, if any, is the build's
+            lap("scan_wait")
+    report = dataclasses.replace(report, seconds=seconds)
     cache.update({f"{epoch}:{layer.source_diff_id}": layer.diff_id for layer in report.layers})
     return report
 

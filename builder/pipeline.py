@@ -7,19 +7,15 @@ inputs, same image ID (the raw build stays behind, untagged, as the layer cache)
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import docker
 
-from builder import base, context, engine, facts, lock, tags
+from builder import aptlock, base, cache, context, engine, facts, hygiene, lock, tags
 from builder import normalize as normalize_
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
-
-NORMALIZE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytorch-cuda" / "normalized-layers.json"
 
 
 @dataclass
@@ -30,31 +26,34 @@ class Built:
     facts: dict
     raw_id: str = ""  # what docker build produced, before normalization
     config: bytes = b""  # the normalized config (its sha256 is image_id)
-    seconds: dict = field(default_factory=dict)  # build, normalize
+    seconds: dict = field(default_factory=dict)  # base (bootstrap), build, normalize (and its parts)
 
 
-def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes]:
-    """Rewrite the built image deterministically and load it back; (image ID, config bytes).
+def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes, dict]:
+    """Rewrite the built image deterministically and load it back; (image ID, config bytes, seconds).
 
     Layers normalized before are reused, and a raw image normalized before (an unchanged
-    rebuild) is not saved again at all: its normalized config is remembered.
+    rebuild) is not saved again at all: its normalized config is remembered. Each layer written
+    is scanned for hygiene while its bytes are at hand, so `verify` need not save the image again.
     """
+    cache_file = cache.path("normalized-layers.json")
     try:
-        cache = json.loads(NORMALIZE_CACHE.read_text())
+        known_layers = json.loads(cache_file.read_text())
     except (OSError, ValueError):
-        cache = {}
-    known = cache.get(f"image:{epoch}:{raw_id}")
+        known_layers = {}
+    known = known_layers.get(f"image:{epoch}:{raw_id}")
     if known and engine.image_exists(c, known["id"]):
-        return known["id"], known["config"].encode()
-    report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=cache)
-    cache[f"image:{epoch}:{raw_id}"] = {"id": report.image_id, "config": report.config.decode()}
-    NORMALIZE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    NORMALIZE_CACHE.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        return known["id"], known["config"].encode(), {}
+    report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=known_layers, scan=hygiene.scan_and_keep)
+    known_layers[f"image:{epoch}:{raw_id}"] = {"id": report.image_id, "config": report.config.decode()}
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(known_layers, indent=0, sort_keys=True))
     if not quiet:
         sent = [layer for layer in report.layers if not layer.reused]
         print(f"normalized {raw_id[:19]} → {report.image_id[:19]} ({len(sent)} of {len(report.layers)} layers "
-              f"rewritten, {sum(layer.removed for layer in sent)} build-varying files dropped)", flush=True)
-    return report.image_id, report.config
+              f"rewritten, {sum(layer.removed for layer in sent)} build-varying files dropped; "
+              + ", ".join(f"{k} {v} s" for k, v in report.seconds.items()) + ")", flush=True)
+    return report.image_id, report.config, report.seconds
 
 
 def check_buildable(variant: Variant) -> None:
@@ -75,22 +74,26 @@ def check_buildable(variant: Variant) -> None:
 
 
 def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = None,
-          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False) -> Built:
+          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False,
+          update_apt_lock: bool = False) -> Built:
     check_buildable(variant)
     if variant.flavor != "runtime":
         # Flavors are built on runtime's stage; building (from cache) and tagging runtime too
         # gives verify the image whose layers the flavor must share.
-        build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle, nocache=nocache, quiet=quiet)
+        build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle, nocache=nocache,
+              quiet=quiet, update_apt_lock=update_apt_lock)
     ca = context.find_ca_bundle(ca_bundle)
+    started = time.monotonic()
     base.ensure_base(c, variant.manifest, quiet=quiet)
     if not quiet:
         print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
-    started = time.monotonic()
+    based_at = time.monotonic()
     raw_id = engine.build(c, context.build_context(variant, ca), target=variant.flavor,
                           nocache=nocache, quiet=quiet)
     built_at = time.monotonic()
-    image_id, config = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
-    seconds = {"build": round(built_at - started, 1), "normalize": round(time.monotonic() - built_at, 1)}
+    image_id, config, parts = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
+    seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),
+               "normalize": round(time.monotonic() - built_at, 1)} | {f"normalize_{k}": v for k, v in parts.items()}
     found = facts.collect(c, image_id)
     if "torch_error" in found:
         raise BuildFailed(f"variant {variant.name}: torch does not import in the built image "
@@ -100,6 +103,7 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     if wrong:
         raise BuildFailed(f"variant {variant.name}: the built image {image_id} does not match the manifest, "
                           f"so it is left untagged:\n  " + "\n  ".join(wrong))
+    aptlock.check(c, variant, image_id, update=update_apt_lock, quiet=quiet)
     repo = repository or variant.manifest.name
     refs = [f"{repo}:{t}" for t in tags.tags_for(observed, variant.flavor, variant.manifest.source_date_epoch)]
     engine.tag(c, image_id, refs)

@@ -69,6 +69,15 @@ def test_the_build_ca_reached_no_layer_and_no_history(verify_output, runtime_ima
     assert "build-ca" not in history and "PIP_CERT" not in history
 
 
+def test_verify_reads_the_scans_the_build_made(runtime_image, docker_client):
+    """The build scanned each layer as it normalized it, so verify saves no image; those scans
+    equal a scan of the image as `docker save` gives it now."""
+    diff_ids = docker_client.api.inspect_image(runtime_image.image_id)["RootFS"]["Layers"]
+    kept = [hygiene.kept(d) for d in diff_ids]
+    assert all(scan is not None for scan in kept), "a layer of the build has no kept scan"
+    assert hygiene.scan_saved(engine.saved_stream(docker_client, runtime_image.image_id)) == kept
+
+
 def leaky_context(base: str, dockerfile: str, ca: bytes) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

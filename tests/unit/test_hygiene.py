@@ -87,3 +87,19 @@ def test_build_varying_files_and_a_set_machine_id():
                                 "build-varying file: /var/cache/ldconfig/aux-cache",
                                 "build-varying file: /var/log/dpkg.log"]
     assert hygiene.judge([layer({"etc/machine-id": b""})], None, []) == []
+
+
+def test_scan_of_entries_equals_scan_of_the_tar_and_survives_keeping(tmp_path, monkeypatch):
+    """The normalizer's scan (entries + data) and verify's (a tar stream) agree; a kept scan
+    reads back equal, and is looked up under the current rules only."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    files = {**OS_LAYER, "etc/pip.pem": BUILD_BUNDLE, "root/.cache/pip/x": b"1",
+             "opt/venv/lib/python3.12/site-packages/x/__pycache__/a.cpython-312.pyc": b"\x00" * 16}
+    from_tar = layer(files)
+    from_entries = hygiene.scan_entries((p, True, len(d), lambda d=d: d) for p, d in files.items())
+    assert from_entries == from_tar and from_tar.findings
+    assert hygiene.kept("sha256:" + "ab" * 32) is None
+    hygiene.keep("sha256:" + "ab" * 32, from_tar)
+    assert hygiene.kept("sha256:" + "ab" * 32) == from_tar
+    monkeypatch.setattr(hygiene, "RULES", "other-rules")
+    assert hygiene.kept("sha256:" + "ab" * 32) is None

@@ -768,3 +768,23 @@ def test_saved_tar_with_two_images_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(buf.getvalue())
     with pytest.raises(N.NormalizeError, match="exactly one image"):
         N.normalize_to_file(path, io.BytesIO(), EPOCH)
+
+
+def test_on_layer_sees_each_written_layer_and_its_file_data(tmp_path: Path) -> None:
+    """What a scan is handed is the normalized layer: its names, and data at the given offsets."""
+    src = tmp_path / "s.tar"
+    src.write_bytes(image_case(5, EPOCH + 7))
+    seen: dict[str, list[N.LayerFile]] = {}
+    out = io.BytesIO()
+    report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda d, files: seen.setdefault(d, files))
+    assert list(seen) == list(dict.fromkeys(report.diff_ids))
+    tf = tarfile.open(fileobj=io.BytesIO(out.getvalue()))
+    first = tarfile.open(fileobj=tf.extractfile("0/layer.tar"))
+    expected = {m.name: first.extractfile(m).read() if m.isfile() else None for m in first.getmembers()}
+    files = seen[report.diff_ids[0]]
+    assert [f.path for f in files] == list(expected)
+    with open(src, "rb") as f:
+        for entry in files:
+            f.seek(entry.offset)
+            assert (f.read(entry.size) if entry.is_file else None) == expected[entry.path], entry.path
+    assert "etc/machine-id" in expected and expected["etc/machine-id"] == b""  # emptied: size 0
