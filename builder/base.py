@@ -70,6 +70,20 @@ def fetch_keyring(manifest: Manifest, tmp: Path) -> Path:
     return keyring
 
 
+SNAPSHOTS = "http://snapshot.ubuntu.com/ubuntu"
+
+
+def mirror(manifest: Manifest) -> str:
+    """The archive the base (and every later apt-get in the image) installs from.
+
+    With os.bootstrap.snapshot the archive as it was at that instant (snapshot.ubuntu.com),
+    so updates pockets could be pinned too; without, the mirror's release pocket, which does
+    not move after release.
+    """
+    boot = manifest.os["bootstrap"]
+    return f"{SNAPSHOTS}/{boot['snapshot']}" if boot.get("snapshot") else boot["mirror"]
+
+
 def mmdebstrap_command(manifest: Manifest, keyring: Path, out: Path) -> list[str]:
     os_, boot, user = manifest.os, manifest.os["bootstrap"], manifest.user
     hook = (f'chroot "$1" useradd --create-home --uid {user["uid"]} --user-group --shell /bin/bash {user["name"]}'
@@ -79,7 +93,7 @@ def mmdebstrap_command(manifest: Manifest, keyring: Path, out: Path) -> list[str
             f"--include={','.join(boot['packages'])}",
             f"--keyring={keyring}",
             f"--customize-hook={hook}",
-            os_["codename"], str(out), boot["mirror"]]
+            os_["codename"], str(out), mirror(manifest)]
 
 
 def bootstrap(manifest: Manifest, keyring: Path, out: Path, quiet: bool) -> None:

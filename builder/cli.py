@@ -87,7 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"reproducible: both builds gave {first}")
         return 0
     built = pipeline.build(c, variant, repository=args.repository, ca_bundle=args.ca_bundle,
-                           nocache=args.no_cache, quiet=args.quiet)
+                           nocache=args.no_cache, quiet=args.quiet, update_apt_lock=args.update_apt_lock)
     results = [] if args.skip_verify else run_verify(c, built.refs[0], variant, args.ca_bundle)
     image_id, _ = release.record_build(c, built, results, args.records, quiet=args.quiet)
     if results and not all(r.ok for r in results):
@@ -210,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", help="image repository name (default: the manifest's name)")
     s.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
     s.add_argument("--skip-verify", action="store_true", help="tag without running verify")
+    s.add_argument("--update-apt-lock", action="store_true",
+                   help="accept Ubuntu package versions that differ from manifests/locks/apt-*.txt and record them")
     s.add_argument("--check-reproducible", action="store_true",
                    help="build twice from a cleared cache (base bootstrap included); exit 1 unless the IDs match")
     s.add_argument("--quiet", action="store_true", help="no build output unless a step fails")

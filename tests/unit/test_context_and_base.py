@@ -65,3 +65,22 @@ def test_base_tag_changes_with_any_bootstrap_input():
         **m.os["bootstrap"], "packages": m.os["bootstrap"]["packages"] + ["curl"]}}})
     assert m.base_ref != changed.base_ref
     assert m.base_ref.startswith("pytorch-cuda-base:ubuntu24.04-")
+
+
+def test_a_snapshot_replaces_the_mirror_and_names_a_new_base():
+    m = manifest.load()
+    assert "snapshot" not in m.os["bootstrap"] and base.mirror(m) == m.os["bootstrap"]["mirror"]
+    data = {**m.data, "os": {**m.os, "bootstrap": {**m.os["bootstrap"], "snapshot": "20261128T000000Z"}}}
+    snap = manifest.Manifest(path=m.path, data=data)
+    assert base.mirror(snap) == "http://snapshot.ubuntu.com/ubuntu/20261128T000000Z"
+    assert base.mmdebstrap_command(snap, m.path, m.path)[-1] == base.mirror(snap)
+    assert snap.base_ref != m.base_ref
+
+
+def test_a_malformed_snapshot_is_refused_by_the_schema(tmp_path):
+    text = manifest.MANIFEST.read_text().replace("    mirror: http://archive.ubuntu.com/ubuntu\n",
+                                                 "    mirror: http://archive.ubuntu.com/ubuntu\n    snapshot: yesterday\n")
+    path = tmp_path / "images.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"os\.bootstrap\.snapshot"):
+        manifest.load(path)
