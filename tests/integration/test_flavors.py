@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from builder import pipeline, services, verify
+from builder import aptlock, pipeline, services, verify
 from tests.support import ROOT, TEST_REPOSITORY
 
 _built: dict[str, pipeline.Built] = {}
@@ -97,6 +97,14 @@ class JupyterTests(ServiceTests):
 
 
 class SSHTests(ServiceTests):
+    def test_its_ubuntu_packages_are_the_recorded_ones(self, flavor_image, docker_client, the_manifest):
+        """openssh-server at the manifest's version, and all the stage added, as the apt lock says."""
+        recorded = aptlock.read(aptlock.lock_path(the_manifest))
+        stage, added = aptlock.stage_of(flavor_image.variant, aptlock.installed(docker_client, flavor_image.image_id),
+                                        recorded)
+        assert (stage, added) == (self.flavor, recorded[self.flavor])
+        assert added["openssh-server"] == "1:9.6p1-3ubuntu13"
+
     def test_key_login_runs_torch(self, checks):
         passed(checks, "ssh-login")
 

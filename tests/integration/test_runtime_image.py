@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from builder import engine, hygiene, verify
+from builder import aptlock, engine, hygiene, verify
 from builder.context import find_ca_bundle
 from tests.support import ROOT, TEST_REPOSITORY
 
@@ -67,6 +67,13 @@ def test_the_build_ca_reached_no_layer_and_no_history(verify_output, runtime_ima
     assert hygiene_line.startswith("PASS"), hygiene_line
     history = " ".join(h["CreatedBy"] for h in docker_client.api.history(runtime_image.image_id))
     assert "build-ca" not in history and "PIP_CERT" not in history
+
+
+def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client, the_manifest):
+    """The base's packages, read back with dpkg, are the committed [os] record (the build checked it)."""
+    recorded = aptlock.read(aptlock.lock_path(the_manifest))["os"]
+    assert aptlock.installed(docker_client, runtime_image.image_id) == recorded
+    assert {"python3.12", "tini", "apt", "ca-certificates"} <= recorded.keys()
 
 
 def test_verify_reads_the_scans_the_build_made(runtime_image, docker_client):

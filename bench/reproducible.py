@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Double builds of the runtime image: the issue's "identical IDs in 10 of 10 double builds".
+
+Each run is `build.py build runtime --check-reproducible`: two builds from a cleared layer cache
+with a freshly bootstrapped base, here also with an empty normalization cache, so nothing of
+one build helps the other. Every run is appended to bench/results/reproducible.json as it ends
+(image IDs, seconds), so an interrupted series keeps what it measured. What a run creates is
+removed before the next (one run needs about 40 GB of disk at its peak).
+
+    python bench/reproducible.py --runs 10      # about 10 minutes a run on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from builder import engine, manifest, pipeline  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reproducible.json"
+REPOSITORY = "pytorch-cuda-bench"
+
+
+def remove_created(c, before: set[str], base_ref: str) -> None:
+    """Remove every image this run made (tags under REPOSITORY, raw builds, the base)."""
+    for image in c.images.list():
+        engine.untag(c, [t for t in image.tags if t.startswith(REPOSITORY + ":")])
+    leftovers = [i.id for i in c.images.list(filters={"dangling": True}) if i.id not in before]
+    leftovers += [i.id for i in c.images.list() if i.id not in before and not i.tags]
+    if engine.image_exists(c, base_ref) and c.images.get(base_ref).id not in before:
+        leftovers.append(c.images.get(base_ref).id)
+    for image_id in dict.fromkeys(leftovers):
+        try:
+            c.images.remove(image_id, force=True)
+        except Exception as exc:  # noqa: BLE001 - report and go on: the next run must still start
+            print(f"cleanup: could not remove {image_id}: {exc}", flush=True)
+
+
+def record(run: dict) -> dict:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    runs = data.get("double_build_runs", [])
+    runs.append(run)
+    ids = {i for r in runs for i in r["ids"]}
+    data.update({
+        "what": "bench/reproducible.py: `build runtime --check-reproducible` (two builds from a cleared layer "
+                "cache, a freshly bootstrapped base and an empty normalization cache), repeated",
+        "machine": {"arch": platform.machine(), "nproc": os.cpu_count()},
+        "double_build_runs": runs,
+        "double_builds": len(runs),
+        "identical": sum(1 for r in runs if r["identical"]),
+        "distinct_image_ids": sorted(ids),
+        # what normalization adds to a cold build (base bootstrap + docker build), per build
+        "normalization_overhead": [round(b["normalize"] / (b["base"] + b["build"]), 3)
+                                   for r in runs for b in r["seconds"] if "base" in b],
+    })
+    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--variant", default="runtime")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop between steps, cleaning up
+    c = engine.client()
+    m = manifest.load()
+    variant = m.variant(args.variant)
+    for n in range(1, args.runs + 1):
+        before = {i.id for i in c.images.list(all=True)}
+        seconds = []
+        ids = []
+        with tempfile.TemporaryDirectory(prefix="pytorch-cuda-bench-cache-") as cache:
+            os.environ["XDG_CACHE_HOME"] = cache  # builder.cache reads it at each use
+            try:
+                for attempt in (1, 2):
+                    engine.untag(c, [m.base_ref])  # the build bootstraps the base anew
+                    started = time.monotonic()
+                    built = pipeline.build(c, variant, repository=REPOSITORY, nocache=True, quiet=True)
+                    seconds.append({"total": round(time.monotonic() - started, 1), **built.seconds})
+                    ids.append(built.image_id)
+                    print(f"run {n} build {attempt}: {built.image_id} {seconds[-1]}", flush=True)
+            finally:
+                remove_created(c, before, m.base_ref)
+        data = record({"date": datetime.date.today().isoformat(), "variant": variant.name, "ids": ids,
+                       "identical": len(set(ids)) == 1, "seconds": seconds})
+        print(f"run {n}: {'identical' if len(set(ids)) == 1 else 'DIFFERENT'} "
+              f"({data['identical']} of {data['double_builds']} so far)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
