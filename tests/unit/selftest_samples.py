@@ -1,18 +1,12 @@
-"""Shared helpers for the selftest unit tests: import path and sample fingerprints."""
+"""Shared helpers for the selftest unit tests: sample fingerprints."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # let `pytest tests/unit` import the package from the repo root
-    sys.path.insert(0, str(ROOT))
-
-from selftest import cost, fingerprint  # noqa: E402
-from selftest.stats import summarize  # noqa: E402
+from selftest import cost, fingerprint
+from selftest.stats import summarize
 
 
 def sample_fingerprint(decode_tps: float = 9000.0, gpu: str = "NVIDIA H200") -> dict:

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-import selftest_samples  # noqa: F401  (puts the repo root on sys.path)
 from selftest import cost
 from selftest.__main__ import main
 

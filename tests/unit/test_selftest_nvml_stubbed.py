@@ -10,7 +10,6 @@ import types
 
 import pytest
 
-import selftest_samples  # noqa: F401  (puts the repo root on sys.path)
 from selftest import nvml, validate
 from selftest.check import FAIL, PASS, SKIP, WARN
 from selftest.imageinfo import ImageInfo
