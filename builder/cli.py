@@ -81,8 +81,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         first, second = pipeline.check_reproducible(c, variant, repository=args.repository,
                                                     ca_bundle=args.ca_bundle, quiet=args.quiet)
         if first != second:
-            print(f"NOT reproducible: {first} != {second}; `python build.py diff {first} {second}` explains",
-                  file=sys.stderr)
+            print(f"NOT reproducible: {first} != {second}; what differs:", file=sys.stderr, flush=True)
+            diff.explain(c, first, second, sys.stderr)
             return 1
         print(f"reproducible: both builds gave {first}")
         return 0
