@@ -788,3 +788,19 @@ def test_on_layer_sees_each_written_layer_and_its_file_data(tmp_path: Path) -> N
             f.seek(entry.offset)
             assert (f.read(entry.size) if entry.is_file else None) == expected[entry.path], entry.path
     assert "etc/machine-id" in expected and expected["etc/machine-id"] == b""  # emptied: size 0
+
+
+def test_scans_kept_while_normalizing_equal_scans_of_the_written_layers(tmp_path: Path, monkeypatch) -> None:
+    """The build's glue (on_layer → hygiene.scan_and_keep) keeps, per diff ID, the scan that
+    verify would make from the layer itself."""
+    from builder import hygiene
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = tmp_path / "s.tar"
+    src.write_bytes(image_case(6, EPOCH + 3))
+    out = io.BytesIO()
+    with open(src, "rb") as data:
+        report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda d, files: hygiene.scan_and_keep(d, files, data))
+    tf = tarfile.open(fileobj=io.BytesIO(out.getvalue()))
+    for i, diff_id in enumerate(report.diff_ids):
+        assert hygiene.kept(diff_id) == hygiene.scan_layer(tf.extractfile(f"{i}/layer.tar")), i
