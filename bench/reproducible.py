@@ -47,8 +47,8 @@ def remove_created(c, before: set[str], base_ref: str) -> None:
             print(f"cleanup: could not remove {image_id}: {exc}", flush=True)
 
 
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
+def median(values: list[float], digits: int = 1) -> float | None:
+    return round(statistics.median(values), digits) if values else None
 
 
 def where_normalization_goes(runs: list[dict]) -> dict:
@@ -60,7 +60,7 @@ def where_normalization_goes(runs: list[dict]) -> dict:
         builds = [r["seconds"][attempt] for r in runs if len(r["seconds"]) > attempt and "base" in r["seconds"][attempt]]
         parts = ("base", "build", "normalize", "normalize_save", "normalize_rewrite_load")
         summary[case] = {p: median([b[p] for b in builds]) for p in parts} | {
-            "overhead_vs_base_and_build": median([b["normalize"] / (b["base"] + b["build"]) for b in builds]),
+            "overhead_vs_base_and_build": median([b["normalize"] / (b["base"] + b["build"]) for b in builds], 3),
             "builds": len(builds)}
     return summary
 
