@@ -58,8 +58,8 @@ def where_normalization_goes(runs: list[dict]) -> dict:
     summary = {}
     for attempt, case in ((0, "first_build_new_layers"), (1, "second_build_layers_known")):
         builds = [r["seconds"][attempt] for r in runs if len(r["seconds"]) > attempt and "base" in r["seconds"][attempt]]
-        parts = ("base", "build", "normalize", "normalize_save", "normalize_rewrite_load")
-        summary[case] = {p: median([b[p] for b in builds]) for p in parts} | {
+        parts = ("base", "build", "normalize", "normalize_save", "normalize_open_store", "normalize_rewrite_load")
+        summary[case] = {p: median([b[p] for b in builds if p in b]) for p in parts} | {
             "overhead_vs_base_and_build": median([b["normalize"] / (b["base"] + b["build"]) for b in builds], 3),
             "builds": len(builds)}
     return summary

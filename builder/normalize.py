@@ -1,9 +1,10 @@
-"""Rewrite a `docker save` image so that its image ID depends only on its content.
+"""Rewrite an image so that its image ID depends only on its content.
 
 Docker 20.10's classic builder writes wall-clock times, container ids and build-varying files
 (apt lists and logs, ldconfig's aux-cache, bytecode of files written during the build ...)
 into layers and config.
-This module rewrites one saved image into a ``docker load``-able tar in which:
+This module rewrites one image (saved by `docker save`, or read from a local engine's store by
+builder/layerstore.py) into a ``docker load``-able tar in which:
 
 * every layer is a canonical tar: entries sorted by path (component-wise, bytewise), mtimes
   clamped to ``SOURCE_DATE_EPOCH``, numeric uid/gid kept and user/group names empty, no
@@ -31,6 +32,7 @@ file data is never held whole.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -64,7 +66,9 @@ __all__ = [
     "normalize_layer_bytes",
     "normalize_saved_image",
     "normalize_to_file",
+    "normalize_image",
     "normalize_in_engine",
+    "load_stream",
     "canonical_json",
     "rfc3339",
     "tar_header",
@@ -794,9 +798,7 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
 
 @dataclass(frozen=True)
 class _Saved:
-    config: dict[str, Any]
-    config_size: int
-    source_image_id: str
+    config: bytes  # as saved: its sha256 is the source image ID
     layers: list[tuple[int, int]]  # (offset, size) of each layer tar in the saved file
 
 
@@ -831,11 +833,7 @@ def _read_saved(f: BinaryIO) -> _Saved:
     cm = resolve(manifest[0]["Config"])
     raw = read(cm)
     layers = [(m.offset_data, m.size) for m in map(resolve, manifest[0].get("Layers") or [])]
-    config = json.loads(raw)
-    n_diff = len((config.get("rootfs") or {}).get("diff_ids") or [])
-    if n_diff != len(layers):
-        raise NormalizeError(f"config lists {n_diff} diff_ids, manifest {len(layers)} layers")
-    return _Saved(config, len(raw), "sha256:" + hashlib.sha256(raw).hexdigest(), layers)
+    return _Saved(raw, layers)
 
 
 def _outer_header(name: str, size: int, epoch: int) -> bytes:
@@ -843,7 +841,21 @@ def _outer_header(name: str, size: int, epoch: int) -> bytes:
 
 
 def normalize_saved_image(
-    src_path: str | os.PathLike[str],
+    src_path: str | os.PathLike[str], epoch: int, **options: Any
+) -> Generator[bytes, None, NormalizeReport]:
+    """Yield a normalized ``docker load`` tar for the one image saved (by ID) at ``src_path``.
+
+    Options as for :func:`normalize_image`; ``on_layer``'s offsets point into ``src_path``.
+    """
+    with open(src_path, "rb") as f:
+        saved = _read_saved(f)
+        return (yield from normalize_image(saved.config, [(f, offset, size) for offset, size in saved.layers],
+                                           epoch, **options))
+
+
+def normalize_image(
+    config_raw: bytes,
+    layers: Sequence[tuple[BinaryIO, int, int]],
     epoch: int,
     *,
     drop: Iterable[str] = DEFAULT_DROP,
@@ -851,9 +863,10 @@ def normalize_saved_image(
     keep_pycache: PycacheMode = "valid",
     repo_tags: Sequence[str] | None = None,
     reuse: Callable[[str, list[str]], str | None] | None = None,
-    on_layer: Callable[[str, list[LayerFile]], None] | None = None,
+    on_layer: Callable[[int, str, list[LayerFile]], None] | None = None,
 ) -> Generator[bytes, None, NormalizeReport]:
-    """Yield a normalized ``docker load`` tar for the one image saved (by ID) at ``src_path``.
+    """Yield a normalized ``docker load`` tar for an image: its config as the engine has it and
+    each layer tar as (seekable file, offset, size), lowest first.
 
     Chunks are about 1 MiB.  The generator's return value (``yield from``, or
     ``StopIteration.value``) is the :class:`NormalizeReport`; :func:`normalize_to_file` and
@@ -865,9 +878,9 @@ def normalize_saved_image(
     (``docker load`` never opens a layer file whose chain it has), which is what makes a
     flavor's normalization cost its own layers only.
 
-    ``on_layer(diff_id, files)`` is called after each layer written, with its entries as
-    :data:`LayerFile` (data offsets point into ``src_path``): a scan can read the layer's files
-    without a second ``docker save``.
+    ``on_layer(index, diff_id, files)`` is called after each layer written, with its entries as
+    :data:`LayerFile` (data offsets point into that layer's file): a scan can read the layer's
+    files without a second ``docker save``.
     """
     rules = _options(drop, empty, keep_pycache)
     epoch = int(epoch)
@@ -886,40 +899,41 @@ def normalize_saved_image(
             buf.clear()
             yield out
 
-    with open(src_path, "rb") as f:
-        saved = _read_saved(f)
-        source_diff_ids = (saved.config.get("rootfs") or {}).get("diff_ids") or []
-        reports: list[LayerReport] = []
-        paths: list[str] = []
-        for i, (offset, size) in enumerate(saved.layers):
-            path = f"{i}/layer.tar"
-            known = reuse(str(source_diff_ids[i]), [r.diff_id for r in reports]) if reuse else None
-            if known:
-                reports.append(LayerReport(str(source_diff_ids[i]), known, size, 0, 0, 0, 0, 0, reused=True))
-                paths.append(path)
-                continue
-            plan = _plan_layer(f, offset, size, epoch, rules)
-            yield from put(_outer_header(path, plan.out_size, epoch))
-            digest = hashlib.sha256()
-            n = 0
-            for piece in _emit_layer(f, plan):
-                digest.update(piece)
-                n += len(piece)
-                yield from put(piece)
-            if n != plan.out_size:
-                raise NormalizeError(f"internal: layer {i} planned {plan.out_size} bytes, got {n}")
-            pad = -n % BLOCK
-            if pad:  # never: a tar is whole blocks; kept for the outer format's sake
-                yield from put(bytes(pad))
-            diff_id = "sha256:" + digest.hexdigest()
-            reports.append(_layer_report(str(source_diff_ids[i]), diff_id, size, plan))
+    source = json.loads(config_raw)
+    source_diff_ids = (source.get("rootfs") or {}).get("diff_ids") or []
+    if len(source_diff_ids) != len(layers):
+        raise NormalizeError(f"config lists {len(source_diff_ids)} diff_ids, manifest {len(layers)} layers")
+    reports: list[LayerReport] = []
+    paths: list[str] = []
+    for i, (f, offset, size) in enumerate(layers):
+        path = f"{i}/layer.tar"
+        known = reuse(str(source_diff_ids[i]), [r.diff_id for r in reports]) if reuse else None
+        if known:
+            reports.append(LayerReport(str(source_diff_ids[i]), known, size, 0, 0, 0, 0, 0, reused=True))
             paths.append(path)
-            if on_layer:
-                on_layer(diff_id, [LayerFile(e.key.replace(b"\0", b"/").decode("utf-8", "surrogateescape"),
-                                             e.type == _REG, e.size, e.offset) for e in plan.entries])
-            del plan
+            continue
+        plan = _plan_layer(f, offset, size, epoch, rules)
+        yield from put(_outer_header(path, plan.out_size, epoch))
+        digest = hashlib.sha256()
+        n = 0
+        for piece in _emit_layer(f, plan):
+            digest.update(piece)
+            n += len(piece)
+            yield from put(piece)
+        if n != plan.out_size:
+            raise NormalizeError(f"internal: layer {i} planned {plan.out_size} bytes, got {n}")
+        pad = -n % BLOCK
+        if pad:  # never: a tar is whole blocks; kept for the outer format's sake
+            yield from put(bytes(pad))
+        diff_id = "sha256:" + digest.hexdigest()
+        reports.append(_layer_report(str(source_diff_ids[i]), diff_id, size, plan))
+        paths.append(path)
+        if on_layer:
+            on_layer(i, diff_id, [LayerFile(e.key.replace(b"\0", b"/").decode("utf-8", "surrogateescape"),
+                                            e.type == _REG, e.size, e.offset) for e in plan.entries])
+        del plan
 
-    config = normalize_config(saved.config, [r.diff_id for r in reports], epoch)
+    config = normalize_config(source, [r.diff_id for r in reports], epoch)
     image_hex = hashlib.sha256(config).hexdigest()
     config_name = f"{image_hex}.json"
     manifest = canonical_json(
@@ -933,10 +947,10 @@ def normalize_saved_image(
         yield bytes(buf)
         buf.clear()
     return NormalizeReport(
-        source_image_id=saved.source_image_id,
+        source_image_id="sha256:" + hashlib.sha256(config_raw).hexdigest(),
         image_id="sha256:" + image_hex,
         layers=tuple(reports),
-        bytes_in=sum(size for _, size in saved.layers) + saved.config_size,
+        bytes_in=sum(size for _, _, size in layers) + len(config_raw),
         bytes_out=written,
         config=config,
     )
@@ -973,13 +987,18 @@ def load_normalized(
     Raises :class:`NormalizeError` when the engine rejects the upload or does not then hold
     the expected image ID.
     """
+    return load_stream(client, normalize_saved_image(src_path, epoch, **options))
+
+
+def load_stream(client: Any, upload: Generator[bytes, None, NormalizeReport]) -> NormalizeReport:
+    """Stream a normalizer's output into ``docker load``; its report once the engine holds the image."""
     import docker.errors  # local: the rest of this module works without the SDK
 
     api = getattr(client, "api", client)
     box: list[NormalizeReport] = []
 
     def body() -> Iterator[bytes]:
-        box.append((yield from normalize_saved_image(src_path, epoch, **options)))
+        box.append((yield from upload))
 
     try:
         # quiet=False: the engine then reports progress while it registers layers, which
@@ -1004,16 +1023,21 @@ def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[s
                         tmp_dir: str | None = None,
                         scan: Callable[[str, list[LayerFile], BinaryIO], None] | None = None,
                         **options: Any) -> NormalizeReport:
-    """Save an image by ID, normalize it and load it back; returns the report (new image ID).
+    """Normalize an image in the engine and load the result back; returns the report (new image ID).
 
-    ``cache`` maps "<epoch>:<source diff ID>" to normalized diff IDs from earlier runs: a layer
-    found there whose normalized chain the engine already holds is not rewritten or sent again.
-    The cache is updated in place. ``scan(diff_id, files, saved_file)`` runs for each layer
-    written, in a thread beside the upload, while the saved tar still exists.
+    The layers are read from the engine's own store when it is local (builder/layerstore.py:
+    the bytes `docker save` would send, without its copy of the whole image); otherwise the
+    image is saved to a temp file first. ``cache`` maps "<epoch>:<source diff ID>" to
+    normalized diff IDs from earlier runs: a layer found there whose normalized chain the
+    engine already holds is not rewritten or sent again. The cache is updated in place.
+    ``scan(diff_id, files, layer_file)`` runs for each layer written, in a thread beside the
+    upload.
     """
     import tempfile
     import time
     from concurrent.futures import ThreadPoolExecutor
+
+    from builder import layerstore
 
     api = getattr(client, "api", client)
     cache = {} if cache is None else cache
@@ -1027,7 +1051,7 @@ def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[s
         return known if known and tuple(done + [known]) in chains else None
 
     clock = time.monotonic()
-    seconds = {}
+    seconds: dict[str, float] = {}
 
     def lap(what: str) -> None:
         nonlocal clock
@@ -1035,23 +1059,39 @@ def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[s
         seconds[what] = round(now - clock, 1)
         clock = now
 
-    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-save-", suffix=".tar", dir=tmp_dir) as saved, \
-            ThreadPoolExecutor(max_workers=1) as scanner:
-        for chunk in api.get_image(image_id):
-            saved.write(chunk)
-        saved.flush()
-        lap("save")
+    with contextlib.ExitStack() as stack:
+        local = layerstore.local_image(api, image_id)
+        if local is not None:
+            files = [stack.enter_context(local.open_layer(i)) for i in range(len(local.layers))]
+            config_raw, layers = local.config, [(f, 0, f.size) for f in files]
+            opener: Callable[[int], BinaryIO] = local.open_layer
+            lap("open_store")
+        else:
+            saved = stack.enter_context(
+                tempfile.NamedTemporaryFile(prefix="pytorch-cuda-save-", suffix=".tar", dir=tmp_dir))
+            for chunk in api.get_image(image_id):
+                saved.write(chunk)
+            saved.flush()
+            parsed = _read_saved(saved)
+            config_raw, layers = parsed.config, [(saved, offset, size) for offset, size in parsed.layers]
+            opener = lambda i: open(saved.name, "rb")  # noqa: E731 - offsets are into the whole file
+            lap("save")
+        scanner = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         scans = []
-        with open(saved.name, "rb") as data:
-            def on_layer(diff_id: str, files: list[LayerFile]) -> None:
-                scans.append(scanner.submit(scan, diff_id, files, data))
 
-            report = load_normalized(client, saved.name, epoch, reuse=reuse,
-                                     on_layer=on_layer if scan else None, **options)
-            lap("rewrite_load")
-            for done in scans:
-                done.result()  # the scan's error, if any, is the build's
-            lap("scan_wait")
+        def scan_layer(i: int, diff_id: str, files: list[LayerFile]) -> None:
+            with opener(i) as data:
+                scan(diff_id, files, data)
+
+        def on_layer(i: int, diff_id: str, files: list[LayerFile]) -> None:
+            scans.append(scanner.submit(scan_layer, i, diff_id, files))
+
+        report = load_stream(client, normalize_image(config_raw, layers, epoch, reuse=reuse,
+                                                     on_layer=on_layer if scan else None, **options))
+        lap("rewrite_load")
+        for done in scans:
+            done.result()  # the scan's error, if any, is the build's
+        lap("scan_wait")
     report = dataclasses.replace(report, seconds=seconds)
     cache.update({f"{epoch}:{layer.source_diff_id}": layer.diff_id for layer in report.layers})
     return report

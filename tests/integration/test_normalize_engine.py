@@ -259,3 +259,31 @@ def test_load_then_save_gives_back_the_same_bytes(
 
     again = N.normalize_to_file(resaved, tmp_path / "again.tar", EPOCH)
     assert again.image_id == rep.image_id and again.source_image_id == rep.image_id
+
+
+def test_the_engine_store_gives_what_docker_save_gives(
+    client: docker.DockerClient, two_builds: tuple[Path, Path]
+) -> None:
+    """Layers reassembled from the local store (tar-split + layer directories) are the saved
+    bytes, and normalizing either gives one output."""
+    from builder import layerstore
+
+    config, layers = saved_parts(two_builds[0])
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    local = layerstore.local_image(client.api, image_id)
+    assert local is not None, "this engine is local with overlay2: its store must be readable"
+    assert local.config == config
+    files = [local.open_layer(i) for i in range(len(layers))]
+    try:
+        for f, layer in zip(files, layers):
+            got = b""
+            while chunk := f.read(1 << 20):
+                got += chunk
+            assert got == layer
+        via_store = b"".join(N.normalize_image(local.config, [(f, 0, f.size) for f in files], EPOCH))
+    finally:
+        for f in files:
+            f.close()
+    via_save = io.BytesIO()
+    N.normalize_to_file(two_builds[0], via_save, EPOCH)
+    assert via_store == via_save.getvalue()

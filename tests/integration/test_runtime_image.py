@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
-from builder import aptlock, engine, hygiene, verify
+from builder import aptlock, engine, hygiene, layerstore, normalize, verify
 from builder.context import find_ca_bundle
 from tests.support import ROOT, TEST_REPOSITORY
 
@@ -67,6 +69,19 @@ def test_the_build_ca_reached_no_layer_and_no_history(verify_output, runtime_ima
     assert hygiene_line.startswith("PASS"), hygiene_line
     history = " ".join(h["CreatedBy"] for h in docker_client.api.history(runtime_image.image_id))
     assert "build-ca" not in history and "PIP_CERT" not in history
+
+
+def test_reading_the_engine_store_and_docker_save_normalize_alike(runtime_image, docker_client):
+    """The build read its layers from the engine's store; normalizing `docker save` of the same
+    raw build gives the same image ID (a remote engine takes that path)."""
+    assert layerstore.local_image(docker_client.api, runtime_image.raw_id) is not None
+    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-test-", suffix=".tar") as saved, \
+            open(os.devnull, "wb") as sink:  # 7 GB: removed on the way out, even on failure
+        for chunk in docker_client.api.get_image(runtime_image.raw_id):
+            saved.write(chunk)
+        saved.flush()
+        epoch = runtime_image.variant.manifest.source_date_epoch
+        assert normalize.normalize_to_file(saved.name, sink, epoch).image_id == runtime_image.image_id
 
 
 def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client, the_manifest):

@@ -776,7 +776,7 @@ def test_on_layer_sees_each_written_layer_and_its_file_data(tmp_path: Path) -> N
     src.write_bytes(image_case(5, EPOCH + 7))
     seen: dict[str, list[N.LayerFile]] = {}
     out = io.BytesIO()
-    report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda d, files: seen.setdefault(d, files))
+    report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda i, d, files: seen.setdefault(d, files))
     assert list(seen) == list(dict.fromkeys(report.diff_ids))
     tf = tarfile.open(fileobj=io.BytesIO(out.getvalue()))
     first = tarfile.open(fileobj=tf.extractfile("0/layer.tar"))
@@ -800,7 +800,7 @@ def test_scans_kept_while_normalizing_equal_scans_of_the_written_layers(tmp_path
     src.write_bytes(image_case(6, EPOCH + 3))
     out = io.BytesIO()
     with open(src, "rb") as data:
-        report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda d, files: hygiene.scan_and_keep(d, files, data))
+        report = N.normalize_to_file(src, out, EPOCH, on_layer=lambda i, d, files: hygiene.scan_and_keep(d, files, data))
     tf = tarfile.open(fileobj=io.BytesIO(out.getvalue()))
     for i, diff_id in enumerate(report.diff_ids):
         assert hygiene.kept(diff_id) == hygiene.scan_layer(tf.extractfile(f"{i}/layer.tar")), i
