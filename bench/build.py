@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder import base, context, engine, manifest, pipeline  # noqa: E402
+from builder import context, engine, manifest, pipeline  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "build.json"
 NAIVE = """FROM {base}
@@ -76,7 +76,7 @@ def main() -> int:
     m = manifest.load()
     variant = m.variant("runtime")
     ca = context.find_ca_bundle(None)
-    base.ensure_base(c, m, quiet=True)
+    pipeline.ensure_base(c, variant, quiet=True)
     before = {i.id for i in c.images.list(all=True)}
     results: dict = {"machine": {"arch": platform.machine(), "nproc": os.cpu_count()},
                      "variant": variant.name}

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from builder import engine
+from builder import engine, normalize
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
 
@@ -35,7 +35,12 @@ def ensure_base(c: docker.DockerClient, manifest: Manifest, quiet: bool = False)
         keyring = fetch_keyring(manifest, Path(tmp))
         rootfs = Path(tmp) / "rootfs.tar"
         bootstrap(manifest, keyring, rootfs, quiet)
-        import_rootfs(c, rootfs, ref)
+        canonical = Path(tmp) / "rootfs-canonical.tar"
+        with open(rootfs, "rb") as src, open(canonical, "wb") as dst:
+            # imported in the form normalization gives it, the base layer is never rewritten again
+            normalize.normalize_layer(src, dst, manifest.source_date_epoch)
+        rootfs.unlink()
+        import_rootfs(c, canonical, ref)
     return ref
 
 

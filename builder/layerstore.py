@@ -66,6 +66,14 @@ class ReassembledTar(io.RawIOBase):
         self.size = size
         self._open: tuple[bytes, Any] | None = None
 
+    def clone(self) -> "ReassembledTar":
+        """Another reader of the same layer (its own position and open file), for another thread."""
+        other = ReassembledTar.__new__(ReassembledTar)
+        io.RawIOBase.__init__(other)
+        other._dir, other._starts, other._pieces, other.size = self._dir, self._starts, self._pieces, self.size
+        other._pos, other._open = 0, None
+        return other
+
     def readable(self) -> bool:
         return True
 

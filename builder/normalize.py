@@ -1064,7 +1064,7 @@ def normalize_in_engine(client: Any, image_id: str, epoch: int, *, cache: dict[s
         if local is not None:
             files = [stack.enter_context(local.open_layer(i)) for i in range(len(local.layers))]
             config_raw, layers = local.config, [(f, 0, f.size) for f in files]
-            opener: Callable[[int], BinaryIO] = local.open_layer
+            opener: Callable[[int], BinaryIO] = lambda i: files[i].clone()  # noqa: E731
             lap("open_store")
         else:
             saved = stack.enter_context(

@@ -29,6 +29,35 @@ class Built:
     seconds: dict = field(default_factory=dict)  # base (bootstrap), build, normalize (and its parts)
 
 
+def _known_layers() -> dict:
+    """What normalization learned on this machine: "<epoch>:<raw diff ID>" → normalized diff ID,
+    and "image:<epoch>:<raw image ID>" → normalized image."""
+    try:
+        return json.loads(cache.path("normalized-layers.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _keep_known_layers(known: dict) -> None:
+    path = cache.path("normalized-layers.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=0, sort_keys=True))
+
+
+def ensure_base(c: docker.DockerClient, variant: Variant, quiet: bool) -> None:
+    """Bootstrap the base if missing. A bootstrapped base is imported already normalized, so its
+    layer is remembered as its own normalized form: no build rewrites or re-sends it."""
+    manifest = variant.manifest
+    if engine.image_exists(c, manifest.base_ref):
+        return
+    base.ensure_base(c, manifest, quiet=quiet)
+    if "bootstrap" in manifest.os:
+        (layer,) = c.api.inspect_image(manifest.base_ref)["RootFS"]["Layers"]
+        known = _known_layers()
+        known[f"{manifest.source_date_epoch}:{layer}"] = layer
+        _keep_known_layers(known)
+
+
 def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes, dict]:
     """Rewrite the built image deterministically and load it back; (image ID, config bytes, seconds).
 
@@ -36,18 +65,13 @@ def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> t
     rebuild) is not saved again at all: its normalized config is remembered. Each layer written
     is scanned for hygiene while its bytes are at hand, so `verify` need not save the image again.
     """
-    cache_file = cache.path("normalized-layers.json")
-    try:
-        known_layers = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        known_layers = {}
+    known_layers = _known_layers()
     known = known_layers.get(f"image:{epoch}:{raw_id}")
     if known and engine.image_exists(c, known["id"]):
         return known["id"], known["config"].encode(), {}
     report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=known_layers, scan=hygiene.scan_and_keep)
     known_layers[f"image:{epoch}:{raw_id}"] = {"id": report.image_id, "config": report.config.decode()}
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps(known_layers, indent=0, sort_keys=True))
+    _keep_known_layers(known_layers)
     if not quiet:
         sent = [layer for layer in report.layers if not layer.reused]
         print(f"normalized {raw_id[:19]} → {report.image_id[:19]} ({len(sent)} of {len(report.layers)} layers "
@@ -84,7 +108,7 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
               quiet=quiet, update_apt_lock=update_apt_lock)
     ca = context.find_ca_bundle(ca_bundle)
     started = time.monotonic()
-    base.ensure_base(c, variant.manifest, quiet=quiet)
+    ensure_base(c, variant, quiet=quiet)
     if not quiet:
         print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
     based_at = time.monotonic()

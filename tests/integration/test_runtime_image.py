@@ -84,6 +84,13 @@ def test_reading_the_engine_store_and_docker_save_normalize_alike(runtime_image,
         assert normalize.normalize_to_file(saved.name, sink, epoch).image_id == runtime_image.image_id
 
 
+def test_the_base_layer_was_imported_normalized(runtime_image, docker_client, the_manifest):
+    """mmdebstrap's tar is normalized before `docker import`, so the image's first layer is the
+    base's own layer: no build rewrites or re-sends it."""
+    base_layers = docker_client.api.inspect_image(the_manifest.base_ref)["RootFS"]["Layers"]
+    assert docker_client.api.inspect_image(runtime_image.image_id)["RootFS"]["Layers"][:1] == base_layers
+
+
 def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client, the_manifest):
     """The base's packages, read back with dpkg, are the committed [os] record (the build checked it)."""
     recorded = aptlock.read(aptlock.lock_path(the_manifest))["os"]

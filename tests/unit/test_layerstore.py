@@ -116,3 +116,14 @@ def test_chain_ids_follow_the_layer_store():
     assert layerstore.chain_ids(["sha256:a"]) == ["sha256:a"]
     second = "sha256:" + hashlib.sha256(b"sha256:a sha256:b").hexdigest()
     assert layerstore.chain_ids(["sha256:a", "sha256:b"]) == ["sha256:a", second]
+
+
+def test_a_clone_reads_on_its_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    layer = sample_tar()
+    local = layerstore.local_image(FakeAPI(tmp_path), make_store(tmp_path, layer))
+    with local.open_layer(0) as first:
+        first.seek(700)
+        with first.clone() as second:
+            assert read_all(second) == layer
+        assert read_all(first) == layer[700:]
