@@ -52,16 +52,21 @@ def median(values: list[float], digits: int = 1) -> float | None:
 
 
 def where_normalization_goes(runs: list[dict]) -> dict:
-    """Medians per part. The first build of a run loads layers the engine has never held (it
-    registers them: the truly cold case); the second loads identical layers, which the engine
-    recognises by digest and skips, so the difference is the engine's registration alone."""
+    """Medians per part, by where the layers were read (the engine's store, or `docker save`)
+    and by build. The first build of a run loads layers the engine has never held (it registers
+    them: the truly cold case); the second loads identical layers, which the engine recognises
+    by digest and skips, so the difference is the engine's registration alone."""
     summary = {}
-    for attempt, case in ((0, "first_build_new_layers"), (1, "second_build_layers_known")):
-        builds = [r["seconds"][attempt] for r in runs if len(r["seconds"]) > attempt and "base" in r["seconds"][attempt]]
-        parts = ("base", "build", "normalize", "normalize_save", "normalize_open_store", "normalize_rewrite_load")
-        summary[case] = {p: median([b[p] for b in builds if p in b]) for p in parts} | {
-            "overhead_vs_base_and_build": median([b["normalize"] / (b["base"] + b["build"]) for b in builds], 3),
-            "builds": len(builds)}
+    for source, part in (("engine_store", "normalize_open_store"), ("docker_save", "normalize_save")):
+        for attempt, case in ((0, "first_build_new_layers"), (1, "second_build_layers_known")):
+            builds = [r["seconds"][attempt] for r in runs
+                      if len(r["seconds"]) > attempt and part in r["seconds"][attempt]]
+            if not builds:
+                continue
+            parts = ("base", "build", "normalize", part, "normalize_rewrite_load")
+            summary[f"{source}_{case}"] = {p: median([b[p] for b in builds]) for p in parts} | {
+                "overhead_vs_base_and_build": median([b["normalize"] / (b["base"] + b["build"]) for b in builds], 3),
+                "builds": len(builds)}
     return summary
 
 
