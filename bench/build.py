@@ -72,20 +72,20 @@ def timed(fn):
 
 
 def main() -> int:
-    c = engine.client()
+    c = engine.connect()
     m = manifest.load()
     variant = m.variant("runtime")
     ca = context.find_ca_bundle(None)
     pipeline.ensure_base(c, variant, quiet=True)
-    before = {i.id for i in c.images.list(all=True)}
+    before = {i.id for i in c.client.images.list(all=True)}
     results: dict = {"machine": {"arch": platform.machine(), "nproc": os.cpu_count()},
                      "variant": variant.name}
     try:
-        cold, results["cold_build_s"] = timed(lambda: pipeline.build(
+        cold, results["cold_build_s"] = timed(lambda: pipeline.build_and_tag(
             c, variant, repository="pytorch-cuda-bench", ca_bundle=None, nocache=True, quiet=True))
         results["cold_build_phases_s"] = cold.seconds
         results["normalization_overhead"] = round(cold.seconds["normalize"] / cold.seconds["build"], 3)
-        _, results["warm_rebuild_s"] = timed(lambda: pipeline.build(
+        _, results["warm_rebuild_s"] = timed(lambda: pipeline.build_and_tag(
             c, variant, repository="pytorch-cuda-bench", quiet=True))
         log = io.StringIO()
         label_id, results["label_change_rebuild_s"] = timed(lambda: engine.build(
@@ -103,15 +103,15 @@ def main() -> int:
         same_id, results["naive_same_packages_cold_build_s"] = timed(lambda: engine.build(
             c, naive_context(m.base_ref, " ".join(variant.requirements("runtime")), ca), target="", nocache=True,
             quiet=True))
-        results["naive_same_packages_image_size_bytes"] = c.images.get(same_id).attrs["Size"]
-        results["image_size_bytes"] = c.images.get(cold.image_id).attrs["Size"]
+        results["naive_same_packages_image_size_bytes"] = c.client.images.get(same_id).attrs["Size"]
+        results["image_size_bytes"] = c.client.images.get(cold.image_id).attrs["Size"]
         results["flavor_added_bytes"] = {}
         for flavor in ("devel", "jupyter", "ssh", "workstation"):
-            built, seconds = timed(lambda: pipeline.build(c, m.variant(flavor), repository="pytorch-cuda-bench",
+            built, seconds = timed(lambda: pipeline.build_and_tag(c, m.variant(flavor), repository="pytorch-cuda-bench",
                                                           quiet=True))
-            results["flavor_added_bytes"][flavor] = c.images.get(built.image_id).attrs["Size"] - results["image_size_bytes"]
+            results["flavor_added_bytes"][flavor] = c.client.images.get(built.image_id).attrs["Size"] - results["image_size_bytes"]
             results[f"{flavor}_build_on_warm_runtime_s"] = seconds
-        results["naive_image_size_bytes"] = c.images.get(naive_id).attrs["Size"]
+        results["naive_image_size_bytes"] = c.client.images.get(naive_id).attrs["Size"]
         results["targets"] = {
             "image_not_larger_than_naive": results["image_size_bytes"] <= results["naive_image_size_bytes"],
             "image_not_larger_than_naive_with_the_same_packages":
@@ -122,12 +122,12 @@ def main() -> int:
             "jupyter_and_ssh_add_under_300MB": all(results["flavor_added_bytes"][f] < 300e6 for f in ("jupyter", "ssh")),
         }
     finally:
-        for image in c.images.list(all=True):
-            engine.untag(c, [t for t in image.tags if t.startswith("pytorch-cuda-bench:")])
-        for image in c.images.list(all=True):
+        for image in c.client.images.list(all=True):
+            c.untag([t for t in image.tags if t.startswith("pytorch-cuda-bench:")])
+        for image in c.client.images.list(all=True):
             if image.id not in before:
                 try:
-                    c.images.remove(image.id, force=True)
+                    c.client.images.remove(image.id, force=True)
                 except Exception:
                     pass
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

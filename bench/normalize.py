@@ -133,30 +133,18 @@ def measure(src: str, sink: str) -> dict[str, object]:
     elif sink.startswith("file:"):
         report = N.normalize_to_file(src, sink[5:], EPOCH)
     elif sink == "load":
-        import docker
+        from builder import engine, rewrite
 
-        client = docker.from_env(timeout=600)
-        report = N.load_normalized(client, src, EPOCH)
+        report = rewrite.load_stream(engine.connect(), N.normalize_saved_image(src, EPOCH))
     elif sink == "read":  # baseline: sequential read + sha256 of the source
         _sha_file(Path(src))
         report = None
     elif sink == "store":  # src is an image ID: its layers read from the engine's store, output hashed
-        import docker
+        from builder import engine
 
-        from builder import layerstore
-
-        local = layerstore.local_image(docker.from_env().api, src)
-        if local is None:
-            raise SystemExit("the engine's store is not readable here (remote engine, driver, permissions)")
-        files = [local.open_layer(i) for i in range(len(local.layers))]
-        gen = N.normalize_image(local.config, [(f, 0, f.size) for f in files], EPOCH)
-        h = hashlib.sha256()
-        while True:
-            try:
-                h.update(next(gen))
-            except StopIteration as stop:
-                report = stop.value
-                break
+        eng = engine.connect("store")
+        with eng.layers(str(src)) as (archive, _):
+            report = N.drain(N.normalize_image(archive.config, archive.layers, EPOCH), hashlib.sha256().update)
     else:
         raise SystemExit(f"unknown sink {sink}")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -223,13 +211,13 @@ def main() -> None:
         if args.saved:
             shape: dict[str, object] = {"image": args.image or src.name}
         elif args.image:
-            import docker
+            from builder import engine
 
-            client = docker.from_env(timeout=600)
-            image_id = client.images.get(args.image).id
+            eng = engine.connect()
+            image_id = eng.image_id(args.image)
             if sinks != ["store"]:  # the store sink needs no saved copy
                 with open(src, "wb") as f:
-                    for chunk in client.api.get_image(image_id):
+                    for chunk in eng.save_stream(image_id):
                         f.write(chunk)
             shape = {"image": args.image, "image_id": image_id}
         else:
@@ -246,11 +234,11 @@ def main() -> None:
         if args.load:
             load = run_child(src, "load")
             runs.append(load)
-            import docker
+            from builder import engine
 
             try:
-                docker.from_env().images.remove(str(load["image_id"]), force=True)
-            except docker.errors.APIError as e:
+                engine.connect().remove_image(str(load["image_id"]), force=True)
+            except engine.APIError as e:
                 print(f"could not remove {load['image_id']}: {e}", file=sys.stderr)
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -260,7 +248,7 @@ def main() -> None:
         "note": "read = sequential sha256 of the saved tar (I/O+hash floor); hash = normalize, "
         "output hashed and discarded; file = normalize to a file; load = normalize streamed "
         "into docker load (engine time included); store = normalize from the engine's store "
-        "(builder/layerstore.py), output hashed. Page cache warm after 'read'.",
+        "(builder/engine/store.py), output hashed. Page cache warm after 'read'.",
     }
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     key = "image:" + str(shape["image"]) if "image" in shape else f"synthetic-{args.size_mb}mb"

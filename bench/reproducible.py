@@ -34,15 +34,15 @@ REPOSITORY = "pytorch-cuda-bench"
 
 def remove_created(c, before: set[str], base_ref: str) -> None:
     """Remove every image this run made (tags under REPOSITORY, raw builds, the base)."""
-    for image in c.images.list():
-        engine.untag(c, [t for t in image.tags if t.startswith(REPOSITORY + ":")])
-    leftovers = [i.id for i in c.images.list(filters={"dangling": True}) if i.id not in before]
-    leftovers += [i.id for i in c.images.list() if i.id not in before and not i.tags]
-    if engine.image_exists(c, base_ref) and c.images.get(base_ref).id not in before:
-        leftovers.append(c.images.get(base_ref).id)
+    for image in c.client.images.list():
+        c.untag([t for t in image.tags if t.startswith(REPOSITORY + ":")])
+    leftovers = [i.id for i in c.client.images.list(filters={"dangling": True}) if i.id not in before]
+    leftovers += [i.id for i in c.client.images.list() if i.id not in before and not i.tags]
+    if c.image_exists(base_ref) and c.image_id(base_ref) not in before:
+        leftovers.append(c.image_id(base_ref))
     for image_id in dict.fromkeys(leftovers):
         try:
-            c.images.remove(image_id, force=True)
+            c.client.images.remove(image_id, force=True)
         except Exception as exc:  # noqa: BLE001 - report and go on: the next run must still start
             print(f"cleanup: could not remove {image_id}: {exc}", flush=True)
 
@@ -103,20 +103,20 @@ def main() -> int:
         print(json.dumps(record(None)["normalization_medians_s"], indent=1))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop between steps, cleaning up
-    c = engine.client()
+    c = engine.connect()
     m = manifest.load()
     variant = m.variant(args.variant)
     for n in range(1, args.runs + 1):
-        before = {i.id for i in c.images.list(all=True)}
+        before = {i.id for i in c.client.images.list(all=True)}
         seconds = []
         ids = []
         with tempfile.TemporaryDirectory(prefix="pytorch-cuda-bench-cache-") as cache:
             os.environ["XDG_CACHE_HOME"] = cache  # builder.cache reads it at each use
             try:
                 for attempt in (1, 2):
-                    engine.untag(c, [m.base_ref])  # the build bootstraps the base anew
+                    c.untag([m.base_ref])  # the build bootstraps the base anew
                     started = time.monotonic()
-                    built = pipeline.build(c, variant, repository=REPOSITORY, nocache=True, quiet=True)
+                    built = pipeline.build_and_tag(c, variant, repository=REPOSITORY, nocache=True, quiet=True)
                     seconds.append({"total": round(time.monotonic() - started, 1), **built.seconds})
                     ids.append(built.image_id)
                     print(f"run {n} build {attempt}: {built.image_id} {seconds[-1]}", flush=True)

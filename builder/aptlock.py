@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import docker
 
-from builder import engine
+
 from builder.errors import BuildFailed
 from builder.manifest import Manifest, Variant
+from builder.engine import Engine
 
 Packages = dict[str, str]
 
@@ -55,9 +55,9 @@ def write(path: Path, manifest: Manifest, sections: dict[str, Packages]) -> None
     path.write_text("\n".join(lines) + "\n")
 
 
-def installed(c: docker.DockerClient, image: str) -> Packages:
+def installed(c: Engine, image: str) -> Packages:
     """Package → version of every package dpkg has installed in the image."""
-    result = engine.run(c, image, ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Package}=${Version}\\n"],
+    result = c.run(image, ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Package}=${Version}\\n"],
                         entrypoint=[], network_disabled=True)
     if result.exit_code != 0:
         raise BuildFailed(f"dpkg-query failed in {image}: {result.output[-500:]}")
@@ -80,7 +80,7 @@ def changes(old: Packages, new: Packages) -> list[str]:
             + [f"{p}: gone (was {old[p]})" for p in sorted(old.keys() - new.keys())])
 
 
-def check(c: docker.DockerClient, variant: Variant, image: str, *, update: bool = False,
+def check(c: Engine, variant: Variant, image: str, *, update: bool = False,
           quiet: bool = False) -> None:
     """Compare what the image's stage installed with the record; record it when new or asked to."""
     path = lock_path(variant.manifest)

@@ -15,18 +15,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import docker
-import docker.errors
 
 from builder import engine, normalize
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
+from builder.engine import Engine
 
 
-def ensure_base(c: docker.DockerClient, manifest: Manifest, quiet: bool = False) -> str:
+def ensure_base(c: Engine, manifest: Manifest, quiet: bool = False) -> str:
     """Return the base reference, bootstrapping (or pulling) it only if the engine lacks it."""
     ref = manifest.base_ref
-    if engine.image_exists(c, ref):
+    if c.image_exists(ref):
         return ref
     if "image" in manifest.os:
         return pull_pinned(c, ref)
@@ -44,10 +43,10 @@ def ensure_base(c: docker.DockerClient, manifest: Manifest, quiet: bool = False)
     return ref
 
 
-def pull_pinned(c: docker.DockerClient, ref: str) -> str:
+def pull_pinned(c: Engine, ref: str) -> str:
     try:
-        c.images.pull(ref)
-    except docker.errors.APIError as exc:
+        c.pull(ref)
+    except engine.APIError as exc:
         raise UserError(f"manifest key os.image: cannot pull {ref} ({exc.explanation or exc}); "
                         f"this machine may not reach that registry: use os.bootstrap instead, or "
                         f"`docker load` the image first") from None
@@ -116,6 +115,6 @@ def bootstrap(manifest: Manifest, keyring: Path, out: Path, quiet: bool) -> None
         sys.stdout.write(proc.stdout[-400:])
 
 
-def import_rootfs(c: docker.DockerClient, rootfs: Path, ref: str) -> None:
+def import_rootfs(c: Engine, rootfs: Path, ref: str) -> None:
     repo, _, tag = ref.rpartition(":")
-    c.api.import_image_from_file(str(rootfs), repository=repo, tag=tag, changes=['CMD ["/bin/bash"]'])
+    c.import_image(str(rootfs), repo, tag, changes=['CMD ["/bin/bash"]'])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     c = None
     try:
-        c = engine.client()
+        c = engine.connect()
     except UserError:
         pass
     print(f"{'variant':<20} {'status':<22} tag")
@@ -33,7 +35,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         elif c is None:
             status = "buildable (no engine)"
         else:
-            status = "built" if engine.image_exists(c, tag) else "not built"
+            status = "built" if c.image_exists(tag) else "not built"
         print(f"{name:<20} {status:<22} {tag}")
     return 0
 
@@ -73,50 +75,93 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """Build → verify the image by its ID → record → tag: the tags are the last thing written."""
     m = manifest.load(args.manifest)
     variant = m.variant(args.variant or m.data["default_variant"])
     pipeline.check_buildable(variant)
-    c = engine.client()
+    c = engine.connect(args.layer_source)
+    options = dict(repository=args.repository, ca_bundle=args.ca_bundle, quiet=args.quiet)
     if args.check_reproducible:
-        first, second = pipeline.check_reproducible(c, variant, repository=args.repository,
-                                                    ca_bundle=args.ca_bundle, quiet=args.quiet)
-        if first != second:
-            print(f"NOT reproducible: {first} != {second}; what differs:", file=sys.stderr, flush=True)
-            diff.explain(c, first, second, sys.stderr)
+        first, built = pipeline.check_reproducible(c, variant, **options)
+        if first.image_id != built.image_id:
+            print(f"NOT reproducible: {first.image_id} != {built.image_id}; nothing was tagged; what differs:",
+                  file=sys.stderr, flush=True)
+            diff.explain(c, first.image_id, built.image_id, sys.stderr)
             return 1
-        print(f"reproducible: both builds gave {first}")
-        return 0
-    built = pipeline.build(c, variant, repository=args.repository, ca_bundle=args.ca_bundle,
-                           nocache=args.no_cache, quiet=args.quiet, update_apt_lock=args.update_apt_lock)
-    results = [] if args.skip_verify else run_verify(c, built.refs[0], variant, args.ca_bundle)
+        print(f"reproducible: both builds gave {built.image_id}")
+    else:
+        built = pipeline.build(c, variant, nocache=args.no_cache, update_apt_lock=args.update_apt_lock, **options)
+    results = [] if args.skip_verify else run_verify(c, built.image_id, variant, args.ca_bundle, built.runtime_id)
     image_id, _ = release.record_build(c, built, results, args.records, quiet=args.quiet)
     if results and not all(r.ok for r in results):
-        engine.untag(c, built.refs)
-        print(f"verification failed: tags removed; the image stays as {image_id}", file=sys.stderr)
+        print(f"verification failed: nothing was tagged; the image stays as {image_id}", file=sys.stderr)
         return 1
+    c.tag(image_id, built.refs)
+    if not args.quiet:
+        print("".join(f"tagged {r}\n" for r in built.refs), end="", flush=True)
     return 0
 
 
-def run_verify(c, image: str, variant: manifest.Variant, ca_bundle: str | None) -> list[verify.CheckResult]:
-    repository = image.rpartition(":")[0] if ":" in image and not image.startswith("sha256:") else variant.manifest.name
-    runtime = variant.sibling("runtime")
-    runtime_ref = f"{repository}:{tags.full_tag(tags.expected_versions(runtime), 'runtime')}"
-    evidence = verify.gather(c, image, variant, context.find_ca_bundle(ca_bundle), runtime_ref)
+def run_verify(c: engine.Engine, image: str, variant: manifest.Variant, ca_bundle: str | None,
+               runtime_image: str | None = None) -> list[verify.CheckResult]:
+    """Verify an image (a reference or an ID) as ``variant``; a flavor's layers are checked against
+    ``runtime_image``, or runtime's tag when none is given."""
+    if runtime_image is None:
+        named = ":" in image and not image.startswith("sha256:")
+        repository = image.rpartition(":")[0] if named else variant.manifest.name
+        runtime = variant.sibling("runtime")
+        runtime_image = f"{repository}:{tags.full_tag(tags.expected_versions(runtime), 'runtime')}"
+    evidence = verify.gather(c, image, variant, context.find_ca_bundle(ca_bundle), runtime_image or None)
     print(f"verifying {image} as variant {variant.name}")
     results = verify.run_checks(evidence)
     verify.report(results)
     return results
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What the engine probe found, how layers will be read and why, and what is missing."""
+    try:
+        c = engine.connect(args.layer_source)
+    except UserError as exc:
+        print(f"engine        none\n              {exc}")
+        return 2
+    i = c.info
+    rows = [("engine", f"Docker {i.server_version} (API {i.api_version}) at {i.docker_host}"
+                       + (", rootless" if i.rootless else "") + ("" if i.local else ", remote")),
+            ("storage", f"{i.storage_driver or 'unknown'} driver, {i.image_store} image store"),
+            ("layers", f"read from the {'engine store' if i.layer_source == 'store' else 'image archive (docker save)'}"),
+            ("", i.layer_source_reason),
+            ("buildkit", "yes (buildx plugin and Docker 23+)" if i.buildkit else "no: the classic builder is used")]
+    free = engine.free_bytes(i)
+    rows.append(("disk", f"{free / 1e9:.1f} GB free in {i.data_root}" if free is not None
+                 else f"unknown (the data root {i.data_root or '?'} is not visible from here)"))
+    problems = []
+    if free is not None and free < 30e9:
+        problems.append(f"less than 30 GB free in {i.data_root}: a build needs about 15 GB "
+                        f"(28 GB on the containerd image store); run `docker system prune`")
+    mmdebstrap = shutil.which("mmdebstrap")
+    rows.append(("mmdebstrap", mmdebstrap or "missing"))
+    if not mmdebstrap and "bootstrap" in manifest.load(args.manifest).os:
+        problems.append("mmdebstrap is missing and the manifest bootstraps the base: `apt-get install mmdebstrap` "
+                        "(or `make tools`)")
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    for p in problems:
+        print(f"problem: {p}")
+    blocking = [p for p in problems if "mmdebstrap" in p]
+    print("a build can run" if not blocking else "a build cannot run until the problem above is fixed")
+    return 2 if blocking else 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
-    c = engine.client()
+    c = engine.connect()
     image = image_of(m, args.target, args.repository)
     variant = m.variant(args.target) if args.target in m.variants() else None
-    if not engine.image_exists(c, image):
+    if not c.image_exists(image):
         raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
     if variant is None:
-        config = c.api.inspect_image(image)["Config"]
+        config = c.run_config(image)
         if not (config.get("Labels") or {}).get("pytorch-cuda.variant"):
             raise UserError(f"image {image} has no pytorch-cuda.variant label: it was not built by build.py; "
                             f"name the variant instead")
@@ -135,9 +180,9 @@ def image_of(m: manifest.Manifest, target: str, repository: str | None) -> str:
 def cmd_tags(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     variant = m.variant(args.variant)
-    c = engine.client()
+    c = engine.connect()
     image = image_of(m, args.variant, args.repository)
-    if not engine.image_exists(c, image):
+    if not c.image_exists(image):
         raise UserError(f"{image} is not built here: tags are read from inside the image, so build it first")
     found = facts.collect(c, image)
     for tag in tags.tags_for(tags.observed_versions(found), variant.flavor, m.source_date_epoch) + \
@@ -156,7 +201,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             raise UserError("--username given: write the password (or token) on standard input, e.g. "
                             "`echo \"$TOKEN\" | python build.py push ... --username me`")
         auth = {"username": args.username, "password": password}
-    c = engine.client()
+    c = engine.connect()
     release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
                  latest=args.latest)
     return 0
@@ -176,9 +221,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    c = engine.client()
+    c = engine.connect()
     for image in (args.image_a, args.image_b):
-        if not engine.image_exists(c, image):
+        if not c.image_exists(image):
             raise UserError(f"no image {image} in the engine")
     return 0 if diff.explain(c, args.image_a, args.image_b, sys.stdout, limit=args.limit) else 1
 
@@ -203,13 +248,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every lock")
     s.set_defaults(func=cmd_lock)
 
-    s = sub.add_parser("build", help="bootstrap the base if needed, build, check tags, tag, verify")
+    s = sub.add_parser("doctor", help="what engine answers, how its layers will be read and why, what is missing")
+    s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
+                   help="check this way of reading layers (default: %(default)s)")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("build", help="bootstrap the base if needed, build, verify, record, then tag")
     s.add_argument("variant", nargs="?", help="the variant (default: the manifest's default_variant)")
     s.add_argument("--ca-bundle", help="PEM bundle pip trusts in the build stage only "
                                        "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)")
     s.add_argument("--repository", help="image repository name (default: the manifest's name)")
     s.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
-    s.add_argument("--skip-verify", action="store_true", help="tag without running verify")
+    s.add_argument("--skip-verify", action="store_true", help="record and tag without running verify")
+    s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
+                   help="how normalization reads the built layers: the engine's store, the image archive "
+                        "(docker save), or auto: the store where it is local and readable (default)")
     s.add_argument("--update-apt-lock", action="store_true",
                    help="accept Ubuntu package versions that differ from manifests/locks/apt-*.txt and record them")
     s.add_argument("--check-reproducible", action="store_true",
@@ -255,15 +308,36 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(Exception):
+    """SIGTERM, what CI sends on cancel: raised like Ctrl-C so every clean-up runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    c_tagged = engine.TAGGED
     try:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except BuildFailed as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        print(f"{what}: " + (f"after tagging {', '.join(c_tagged)}" if c_tagged else "nothing was tagged"),
+              file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    except Exception as exc:
+        lost = engine.connection_lost(exc)
+        if lost is None:
+            if isinstance(exc, BuildFailed):
+                print(f"build failed: {exc}", file=sys.stderr)
+                return exc.exit_code
+            raise
+        print(f"error: lost the connection to the Docker engine at {engine.docker_host()} ({lost}); "
+              + (f"tagged before that: {', '.join(c_tagged)}" if c_tagged else "nothing was tagged")
+              + "; run the same command again once the engine answers", file=sys.stderr)
+        return 2

@@ -2,8 +2,8 @@
 
 Config fields first, then per layer (by position) the files added, removed or changed — content,
 mode, owner, mtime — largest first. Used to chase a reproducibility failure and to compare
-two releases. Both images are streamed from `docker save`; only per-file metadata and content
-hashes are kept in memory.
+two releases. Both images are read through the engine (its store or `docker save`); only
+per-file metadata and content hashes are kept in memory.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-import docker
-
-from builder import engine
+from builder.engine import Engine
+from builder.normalize import Archive
+from builder.normalize.tarformat import Window
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,9 @@ def layer_entries(layer: IO[bytes]) -> dict[str, Entry]:
     return entries
 
 
-def saved_image(stream: IO[bytes]) -> tuple[dict[str, Any], list[dict[str, Entry]]]:
-    """Config and per-layer entries (stack order) of a `docker save` stream of one image."""
-    layers: dict[str, dict[str, Entry]] = {}
-    configs: dict[str, dict] = {}
-    manifest = None
-    with tarfile.open(fileobj=stream, mode="r|") as outer:
-        for member in outer:
-            if member.name.endswith("/layer.tar") or member.name.endswith(".tar") and "/" in member.name:
-                layers[member.name] = layer_entries(outer.extractfile(member))
-            elif member.name == "manifest.json":
-                manifest = json.loads(outer.extractfile(member).read())
-            elif member.name.endswith(".json") and "/" not in member.name:
-                configs[member.name] = json.loads(outer.extractfile(member).read())
-    if manifest is None:
-        raise ValueError("not a docker save archive: manifest.json missing")
-    return configs[manifest[0]["Config"]], [layers[name] for name in manifest[0]["Layers"]]
+def archive_entries(archive: Archive) -> tuple[dict[str, Any], list[dict[str, Entry]]]:
+    """Config and per-layer entries (stack order) of an image archive."""
+    return json.loads(archive.config), [layer_entries(Window(f, offset, size)) for f, offset, size in archive.layers]
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,15 +85,16 @@ def layer_changes(a: dict[str, Entry], b: dict[str, Entry]) -> list[tuple[int, s
     return changes
 
 
-def explain(c: docker.DockerClient, image_a: str, image_b: str, out: TextIO, limit: int = 40) -> bool:
+def explain(c: Engine, image_a: str, image_b: str, out: TextIO, limit: int = 40) -> bool:
     """Write the differences; returns True when the images are identical (same ID)."""
-    id_a, id_b = c.images.get(image_a).id, c.images.get(image_b).id
+    id_a, id_b = c.image_id(image_a), c.image_id(image_b)
     out.write(f"A {image_a} = {id_a}\nB {image_b} = {id_b}\n")
     if id_a == id_b:
         out.write("identical: same image ID\n")
         return True
-    config_a, layers_a = saved_image(engine.saved_stream(c, id_a))
-    config_b, layers_b = saved_image(engine.saved_stream(c, id_b))
+    with c.layers(id_a) as (archive_a, _), c.layers(id_b) as (archive_b, _):
+        config_a, layers_a = archive_entries(archive_a)
+        config_b, layers_b = archive_entries(archive_b)
     for line in config_changes({k: v for k, v in config_a.items() if k != "rootfs"},
                                {k: v for k, v in config_b.items() if k != "rootfs"}):
         out.write(line + "\n")

@@ -5,18 +5,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import docker
 
-from builder import engine
+
 from builder.errors import BuildFailed
+from builder.engine import Engine
 
 SCRIPT = Path(__file__).parent / "inside" / "facts.py"
 
 
-def collect(c: docker.DockerClient, image: str, full: bool = False) -> dict[str, Any]:
+def collect(c: Engine, image: str, full: bool = False) -> dict[str, Any]:
     """Run the facts script through the image's own entrypoint and user; parse its report."""
     command = ["python", "-c", SCRIPT.read_text()] + (["--full"] if full else [])
-    result = engine.run(c, image, command, network_disabled=True)
+    result = c.run(image, command, network_disabled=True)
     for line in result.output.splitlines():
         if line.startswith("FACTS "):
             return json.loads(line[len("FACTS "):])

@@ -1,7 +1,8 @@
 """Scan every layer of an image for things that must not ship: the build CA, caches, keys.
 
 A file deleted in a later layer still ships in the earlier one, so the scan reads the layers
-(streamed from `docker save`, never the whole image in memory), not a container's view.
+(from the engine's store or its image archive, never the whole image in memory), not a
+container's view.
 A layer's scan depends only on its bytes and the rules below, so it is kept by diff ID: the
 build scans each layer as it normalizes it, and `verify` then saves no image whose layers were
 all scanned under the same rules.
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-import docker
 
-from builder import cache, engine
+from builder import cache
+from builder.engine import Engine
+from builder.normalize import BUILD_VARYING, Archive
+from builder.normalize.tarformat import Window
 
 # Path patterns (fnmatch, no leading slash) whose presence in any layer is a finding.
 FORBIDDEN = {
@@ -30,10 +33,8 @@ FORBIDDEN = {
     "apt package lists": ["var/lib/apt/lists/*_Packages*", "var/lib/apt/lists/*_InRelease",
                           "var/lib/apt/lists/*_Release*", "var/lib/apt/lists/*Translation*"],
     "SSH host key": ["etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub"],
-    # written by every build with the time in it; the normalizer drops them (builder/normalize.py)
-    "build-varying file": ["var/log/apt/*", "var/log/dpkg.log", "var/log/alternatives.log",
-                           "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
-                           "var/cache/apt/*.bin"],
+    # written by every build with the time in it; the normalizer drops them
+    "build-varying file": list(BUILD_VARYING),
 }
 EMPTIED = ["etc/machine-id", "var/lib/dbus/machine-id"]  # must be empty: set per machine at first boot
 PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----", re.S)
@@ -129,29 +130,24 @@ def kept(diff_id: str) -> LayerScan | None:
                      cert_files={p: set(ids) for p, ids in data["cert_files"].items()})
 
 
-def scan_and_keep(diff_id: str, entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> None:
-    """The normalizer's hook: scan a layer it just wrote, reading file data at its offsets in `f`."""
+def scan_files(entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> LayerScan:
+    """Scan a layer the normalizer just wrote, from its entries, reading file data at their offsets in `f`."""
     def reader(offset: int, size: int) -> Callable[[], bytes]:
         def read() -> bytes:
             f.seek(offset)
             return f.read(size)
         return read
-    keep(diff_id, scan_entries((path, is_file, size, reader(offset, size)) for path, is_file, size, offset in entries))
+    return scan_entries((path, is_file, size, reader(offset, size)) for path, is_file, size, offset in entries)
 
 
-def scan_saved(stream: IO[bytes]) -> list[LayerScan]:
-    """Scan a `docker save` stream; returns the layers in stack order (lowest first)."""
-    by_dir: dict[str, LayerScan] = {}
-    manifest = None
-    with tarfile.open(fileobj=stream, mode="r|") as outer:
-        for entry in outer:
-            if entry.name.endswith("/layer.tar"):
-                by_dir[entry.name] = scan_layer(outer.extractfile(entry))
-            elif entry.name == "manifest.json":
-                manifest = json.loads(outer.extractfile(entry).read())
-    if manifest is None:
-        raise ValueError("not a docker save archive: manifest.json missing")
-    return [by_dir[name] for name in manifest[0]["Layers"]]
+def scan_and_keep(diff_id: str, entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> None:
+    """The normalizer's hook: scan a layer it just wrote and keep the scan by its diff ID."""
+    keep(diff_id, scan_files(entries, f))
+
+
+def scan_archive(archive: Archive) -> list[LayerScan]:
+    """Scan every layer of an image archive; the layers in stack order (lowest first)."""
+    return [scan_layer(Window(f, offset, size)) for f, offset, size in archive.layers]
 
 
 def judge(layers: list[LayerScan], build_bundle: bytes | None, history: list[str]) -> list[str]:
@@ -184,18 +180,19 @@ def judge(layers: list[LayerScan], build_bundle: bytes | None, history: list[str
     return findings
 
 
-def scan_image(c: docker.DockerClient, image: str, build_bundle: Path | None, *, use_kept: bool = True) -> list[str]:
+def scan_image(c: Engine, image: str, build_bundle: Path | None, *, use_kept: bool = True) -> list[str]:
     """Findings for an image in the engine (empty means clean).
 
     Layers come from the scans kept by diff ID when every layer has one (the engine checked each
     layer's digest when it took it in); otherwise the image is saved and scanned now, and those
     scans are kept.
     """
-    diff_ids = c.api.inspect_image(image)["RootFS"].get("Layers") or []
+    diff_ids = c.diff_ids(image)
     layers = [kept(d) for d in diff_ids] if use_kept else [None]
     if any(scan is None for scan in layers):
-        layers = scan_saved(engine.saved_stream(c, image))
+        with c.layers(image) as (archive, _):
+            layers = scan_archive(archive)
         for diff_id, scan in zip(diff_ids, layers):
             keep(diff_id, scan)
-    history = [h.get("CreatedBy", "") for h in c.api.history(image)]
+    history = c.history(image)
     return judge(layers, build_bundle.read_bytes() if build_bundle else None, history)

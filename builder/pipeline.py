@@ -1,8 +1,9 @@
-"""`build`: base → context → docker build → normalize → read versions → check tags → tag.
+"""`build`: base → context → docker build → normalize → read versions → check tags.
 
-The image gets its tags only after what it reports about itself matches the manifest, so a
-failed or mismatched build leaves nothing tagged. The tagged image is the normalized one: same
-inputs, same image ID (the raw build stays behind, untagged, as the layer cache).
+The build leaves its image untagged: it computes the tags from what the image reports about
+itself and checks them against the manifest, and the command line writes them last, after
+verify and the record (a tag is a promise). The image is the normalized one: same inputs,
+same image ID (the raw build stays behind, untagged, as the layer cache).
 """
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import docker
 
-from builder import aptlock, base, cache, context, engine, facts, hygiene, lock, tags
-from builder import normalize as normalize_
+from builder import aptlock, base, cache, context, facts, hygiene, lock, rewrite, tags
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
+from builder.engine import Engine
 
 
 @dataclass
 class Built:
     variant: Variant
     image_id: str
-    refs: list[str]
+    refs: list[str]  # the tags it gets once verified and recorded
     facts: dict
     raw_id: str = ""  # what docker build produced, before normalization
     config: bytes = b""  # the normalized config (its sha256 is image_id)
     seconds: dict = field(default_factory=dict)  # base (bootstrap), build, normalize (and its parts)
+    runtime_id: str = ""  # a flavor's runtime stage, built on the way: the layers it must share
+    layer_source: str = ""  # where normalization read the layers: "store" or "archive" ("" if cached)
 
 
 def _known_layers() -> dict:
@@ -44,22 +46,22 @@ def _keep_known_layers(known: dict) -> None:
     path.write_text(json.dumps(known, indent=0, sort_keys=True))
 
 
-def ensure_base(c: docker.DockerClient, variant: Variant, quiet: bool) -> None:
+def ensure_base(c: Engine, variant: Variant, quiet: bool) -> None:
     """Bootstrap the base if missing. A bootstrapped base is imported already normalized, so its
     layer is remembered as its own normalized form: no build rewrites or re-sends it."""
     manifest = variant.manifest
-    if engine.image_exists(c, manifest.base_ref):
+    if c.image_exists(manifest.base_ref):
         return
     base.ensure_base(c, manifest, quiet=quiet)
     if "bootstrap" in manifest.os:
-        (layer,) = c.api.inspect_image(manifest.base_ref)["RootFS"]["Layers"]
+        (layer,) = c.diff_ids(manifest.base_ref)
         known = _known_layers()
         known[f"{manifest.source_date_epoch}:{layer}"] = layer
         _keep_known_layers(known)
 
 
-def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes, dict]:
-    """Rewrite the built image deterministically and load it back; (image ID, config bytes, seconds).
+def normalize(c: Engine, raw_id: str, epoch: int, quiet: bool) -> tuple[str, bytes, dict, str]:
+    """Rewrite the built image deterministically and load it back; (image ID, config, seconds, layer source).
 
     Layers normalized before are reused, and a raw image normalized before (an unchanged
     rebuild) is not saved again at all: its normalized config is remembered. Each layer written
@@ -67,17 +69,18 @@ def normalize(c: docker.DockerClient, raw_id: str, epoch: int, quiet: bool) -> t
     """
     known_layers = _known_layers()
     known = known_layers.get(f"image:{epoch}:{raw_id}")
-    if known and engine.image_exists(c, known["id"]):
-        return known["id"], known["config"].encode(), {}
-    report = normalize_.normalize_in_engine(c, raw_id, epoch, cache=known_layers, scan=hygiene.scan_and_keep)
+    if known and c.image_exists(known["id"]):
+        return known["id"], known["config"].encode(), {}, ""
+    report = rewrite.normalize_in_engine(c, raw_id, epoch, cache=known_layers, scan=hygiene.scan_and_keep)
     known_layers[f"image:{epoch}:{raw_id}"] = {"id": report.image_id, "config": report.config.decode()}
     _keep_known_layers(known_layers)
     if not quiet:
         sent = [layer for layer in report.layers if not layer.reused]
-        print(f"normalized {raw_id[:19]} → {report.image_id[:19]} ({len(sent)} of {len(report.layers)} layers "
+        print(f"normalized {raw_id[:19]} → {report.image_id[:19]} (layers from the {report.layer_source}; "
+              f"{len(sent)} of {len(report.layers)} layers "
               f"rewritten, {sum(layer.removed for layer in sent)} build-varying files dropped; "
               + ", ".join(f"{k} {v} s" for k, v in report.seconds.items()) + ")", flush=True)
-    return report.image_id, report.config, report.seconds
+    return report.image_id, report.config, report.seconds, report.layer_source
 
 
 def check_buildable(variant: Variant) -> None:
@@ -97,25 +100,27 @@ def check_buildable(variant: Variant) -> None:
         raise UserError("\n".join(problems))
 
 
-def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = None,
+def build(c: Engine, variant: Variant, *, repository: str | None = None,
           ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False,
           update_apt_lock: bool = False) -> Built:
+    """Build, normalize and check one variant; nothing is tagged (see the module's docstring)."""
     check_buildable(variant)
+    runtime_id = ""
     if variant.flavor != "runtime":
-        # Flavors are built on runtime's stage; building (from cache) and tagging runtime too
-        # gives verify the image whose layers the flavor must share.
-        build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle, nocache=nocache,
-              quiet=quiet, update_apt_lock=update_apt_lock)
+        # Flavors are built on runtime's stage; building it (from cache) gives verify the image
+        # whose layers the flavor must share. It stays untagged: it was not verified here.
+        runtime_id = build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle,
+                           nocache=nocache, quiet=quiet, update_apt_lock=update_apt_lock).image_id
     ca = context.find_ca_bundle(ca_bundle)
     started = time.monotonic()
     ensure_base(c, variant, quiet=quiet)
     if not quiet:
         print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
     based_at = time.monotonic()
-    raw_id = engine.build(c, context.build_context(variant, ca), target=variant.flavor,
+    raw_id = c.build(context.build_context(variant, ca), target=variant.flavor,
                           nocache=nocache, quiet=quiet)
     built_at = time.monotonic()
-    image_id, config, parts = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
+    image_id, config, parts, source = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),
                "normalize": round(time.monotonic() - built_at, 1)} | {f"normalize_{k}": v for k, v in parts.items()}
     found = facts.collect(c, image_id)
@@ -130,18 +135,25 @@ def build(c: docker.DockerClient, variant: Variant, *, repository: str | None = 
     aptlock.check(c, variant, image_id, update=update_apt_lock, quiet=quiet)
     repo = repository or variant.manifest.name
     refs = [f"{repo}:{t}" for t in tags.tags_for(observed, variant.flavor, variant.manifest.source_date_epoch)]
-    engine.tag(c, image_id, refs)
     if not quiet:
-        print(f"built {image_id}\n" + "".join(f"tagged {r}\n" for r in refs), end="", flush=True)
+        print(f"built {image_id} (untagged until verified and recorded)", flush=True)
     return Built(variant=variant, image_id=image_id, refs=refs, facts=found, raw_id=raw_id,
-                 config=config, seconds=seconds)
+                 config=config, seconds=seconds, runtime_id=runtime_id, layer_source=source)
 
 
-def check_reproducible(c: docker.DockerClient, variant: Variant, **options) -> list[str]:
-    """Build twice, each time from a cleared layer cache and a freshly bootstrapped base; the IDs."""
-    ids = []
+def build_and_tag(c: Engine, variant: Variant, **options) -> Built:
+    """Build and tag without verify or record: what tests and benchmarks stand on
+    (`build.py build` tags only a verified, recorded image)."""
+    built = build(c, variant, **options)
+    c.tag(built.image_id, built.refs)
+    return built
+
+
+def check_reproducible(c: Engine, variant: Variant, **options) -> list[Built]:
+    """Build twice, each time from a cleared layer cache and a freshly bootstrapped base; both builds."""
+    builds = []
     for attempt in (1, 2):
-        engine.untag(c, [variant.manifest.base_ref])  # the next build bootstraps the base anew
-        ids.append(build(c, variant, nocache=True, **options).image_id)
-        print(f"build {attempt}: {ids[-1]}", flush=True)
-    return ids
+        c.untag([variant.manifest.base_ref])  # the next build bootstraps the base anew
+        builds.append(build(c, variant, nocache=True, **options))
+        print(f"build {attempt}: {builds[-1].image_id}", flush=True)
+    return builds

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import docker
 import jsonschema
 
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
+from builder.engine import Engine
 
 SCHEMA = ROOT / "manifests" / "record.schema.json"
 RECORDS = ROOT / "build" / "records"
@@ -51,9 +51,9 @@ class ImageInfo:
     size: int
 
 
-def inspect_image(c: docker.DockerClient, ref: str) -> ImageInfo:
-    attrs = c.api.inspect_image(ref)
-    return ImageInfo(ref=ref, id=attrs["Id"], diff_ids=list(attrs["RootFS"].get("Layers") or []),
+def inspect_image(c: Engine, ref: str) -> ImageInfo:
+    attrs = c.inspect(ref)
+    return ImageInfo(ref=ref, id=c.image_id(ref), diff_ids=list(attrs["RootFS"].get("Layers") or []),
                      size=int(attrs.get("Size") or 0))
 
 
@@ -121,7 +121,7 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def builder_info(c: docker.DockerClient | None = None) -> dict[str, Any]:
+def builder_info(c: Engine | None = None) -> dict[str, Any]:
     """Who made the record and when: builder and engine versions, the checkout's commit."""
     try:
         version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -130,12 +130,7 @@ def builder_info(c: docker.DockerClient | None = None) -> dict[str, Any]:
             version = importlib.metadata.version("pytorch-cuda-images")
         except importlib.metadata.PackageNotFoundError:
             version = "0+unknown"
-    engine_version = None
-    if c is not None:
-        try:
-            engine_version = c.version().get("Version")
-        except docker.errors.DockerException:
-            pass
+    engine_version = c.info.server_version if c is not None else None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"version": version, "python": platform.python_version(), "engine": engine_version,

@@ -6,9 +6,10 @@ is worth retrying, and checks the result through the registry's HTTP API rather 
 the push stream. A registry writes a tag only when the manifest is uploaded, and it refuses a
 manifest whose blobs it lacks, so an interrupted push leaves no tag; `remote_problems` checks that.
 
-Credentials: with auth_config=None the docker SDK reads ~/.docker/config.json and its credential
-helpers; an explicit auth_config ({"username": ..., "password": ...}) comes from the command line's
---username and a password read from stdin. Neither is ever printed or logged here.
+Credentials: an explicit auth_config ({"username": ..., "password": ...}) comes from the command
+line's --username and a password read from stdin; otherwise release.push resolves them as the
+Docker CLI does (builder.engine.credentials: the Docker config and its credential helpers) and
+passes them to the engine and to every registry API request alike. Neither is printed or logged.
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-import docker
-import docker.errors
 import requests
 
 from builder import engine
 from builder.errors import BuildFailed, UserError
+from builder.engine import Engine
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -195,7 +195,7 @@ def _attempt(what: str, action: Callable[[], str | None], *, retries: int, backo
     for attempt in range(1, retries + 1):
         try:
             return action()
-        except docker.errors.APIError as exc:
+        except engine.APIError as exc:
             message = str(exc.explanation or exc)
             failure = TransferError(message, is_transient(message) or (exc.status_code or 0) >= 500)
         except requests.exceptions.ConnectionError as exc:  # the engine itself went away
@@ -223,7 +223,7 @@ def hint(message: str) -> str:
     return ""
 
 
-def push(c: docker.DockerClient, image_id: str, refs: Iterable[str], registry: str, namespace: str, *,
+def push(c: Engine, image_id: str, refs: Iterable[str], registry: str, namespace: str, *,
          quiet: bool = False, auth_config: dict[str, str] | None = None, retries: int = 5,
          backoff: float = 2.0, out: TextIO | None = None, err: TextIO | None = None,
          on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, str]:
@@ -236,8 +236,8 @@ def push(c: docker.DockerClient, image_id: str, refs: Iterable[str], registry: s
         raise UserError("retries must be at least 1")
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        image_id = c.images.get(image_id).id
-    except docker.errors.ImageNotFound:
+        image_id = c.image_id(image_id)
+    except engine.ImageNotFound:
         raise UserError(f"no image {image_id} in the engine: build it first") from None
     targets = [remote_ref(ref, registry, namespace) for ref in refs]
     if not targets:
@@ -246,7 +246,7 @@ def push(c: docker.DockerClient, image_id: str, refs: Iterable[str], registry: s
     made = [t for t in targets if previous[t] != image_id]
     digests: dict[str, str] = {}
     try:
-        engine.tag(c, image_id, made)
+        c.tag(image_id, made)
         for target in targets:
             repo, tag = split_ref(target)
             progress = Progress(out, quiet)
@@ -256,7 +256,7 @@ def push(c: docker.DockerClient, image_id: str, refs: Iterable[str], registry: s
                     progress.update(event)
                     if on_event:
                         on_event(event)
-                stream = c.api.push(repo, tag, stream=True, decode=True, auth_config=auth_config)
+                stream = c.push(repo, tag, auth_config=auth_config)
                 return _consume(stream, seen)
 
             digest = _attempt(f"push {target}", one_try, retries=retries, backoff=backoff, err=err,
@@ -268,21 +268,21 @@ def push(c: docker.DockerClient, image_id: str, refs: Iterable[str], registry: s
             digests[target] = digest
             progress.say(f"pushed {target}@{digest}: {progress.summary()}")
     finally:
-        engine.untag(c, made)
+        c.untag(made)
         for target in made:
             if previous[target]:
-                engine.tag(c, previous[target], [target])
+                c.tag(previous[target], [target])
     return digests
 
 
-def _image_of(c: docker.DockerClient, ref: str) -> str | None:
+def _image_of(c: Engine, ref: str) -> str | None:
     try:
-        return c.images.get(ref).id
-    except docker.errors.ImageNotFound:
+        return c.image_id(ref)
+    except engine.ImageNotFound:
         return None
 
 
-def pull_back(c: docker.DockerClient, ref_with_digest: str, *, expected_image_id: str | None = None,
+def pull_back(c: Engine, ref_with_digest: str, *, expected_image_id: str | None = None,
               auth_config: dict[str, str] | None = None, retries: int = 5, backoff: float = 2.0,
               err: TextIO | None = None) -> str:
     """Pull `HOST/NS/NAME@sha256:…` and return the image ID the engine has for it.
@@ -298,8 +298,8 @@ def pull_back(c: docker.DockerClient, ref_with_digest: str, *, expected_image_id
         raise UserError(f"{ref_with_digest}: pull back by digest (REPO@sha256:…), not by tag")
 
     def one_try() -> str | None:
-        _consume(c.api.pull(repo, tag=digest, stream=True, decode=True, auth_config=auth_config), lambda e: None)
-        return c.images.get(ref_with_digest).id
+        _consume(c.pull_stream(repo, digest, auth_config=auth_config), lambda e: None)
+        return c.image_id(ref_with_digest)
 
     pulled = _attempt(f"pull {ref_with_digest}", one_try, retries=retries, backoff=backoff, err=err or sys.stderr,
                       giving_up="; check that the registry answers and holds this digest")

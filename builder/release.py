@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import docker
 
 from builder import engine, record, registry, sbom
 from builder.errors import BuildFailed, UserError
-from builder.normalize import relabel_in_engine
+from builder.rewrite import relabel_in_engine
 from builder.pipeline import Built
 from builder.tags import full_tag, observed_versions
+from builder.engine import Engine
 
 
-def record_build(c: docker.DockerClient, built: Built, checks: list, records_dir: Path = record.RECORDS,
+def record_build(c: Engine, built: Built, checks: list, records_dir: Path = record.RECORDS,
                  quiet: bool = False) -> tuple[str, Path]:
-    """Write the SBOM and record, label the image with their digests, move its tags; (new ID, record path)."""
+    """Write the SBOM and record and label the image with their digests; (labelled image ID, record path).
+
+    Nothing is tagged here: the caller tags the labelled image last, once it knows the checks passed.
+    """
     variant, manifest = built.variant, built.variant.manifest
     tag = full_tag(observed_versions(built.facts), variant.flavor)
     sbom_file = sbom.sbom_for_image(c, built.image_id, variant=variant.name, name=manifest.name, tag=tag,
@@ -31,28 +34,28 @@ def record_build(c: docker.DockerClient, built: Built, checks: list, records_dir
                              checks=checks, sbom=sbom_file)
     labelled = relabel_in_engine(c, built.config, record.attachment_labels(rec), manifest.source_date_epoch)
     if labelled != built.image_id:
-        engine.tag(c, labelled, built.refs)
         with_labels = record.inspect_image(c, labelled)
         rec["image"]["id"], rec["sizes"]["image_bytes"] = with_labels.id, with_labels.size
-        # the unlabelled image stays, untagged: it costs a config file, and an unchanged rebuild
-        # finds it instead of normalizing 7 GB again
+        # the unlabelled image stays: it costs a config file, and an unchanged rebuild finds it
+        # instead of normalizing 7 GB again
     path = record.write_record(rec, records_dir)
     if not quiet:
         print(f"recorded {path} and {sbom_file[0]}; {labelled} carries their digests")
     return labelled, path
 
 
-def push(c: docker.DockerClient, image: str, target: str, *, records_dir: Path = record.RECORDS,
+def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECORDS,
          quiet: bool = False, auth_config: dict | None = None, latest: bool = False) -> dict[str, str]:
     """Push every tag of a verified image to HOST[:PORT]/NAMESPACE, pull it back by digest, record it."""
-    if not engine.image_exists(c, image):
+    if not c.image_exists(image):
         raise UserError(f"no image {image} in the engine: build it first (`python build.py build VARIANT`)")
-    image_id = c.images.get(image).id
+    image_id = c.image_id(image)
     rec = record.find_record(records_dir, image_id)
     refusal = record.push_refusal(rec)
     if refusal:
         raise UserError(f"refusing to push {image} ({image_id[:19]}): {refusal}. Nothing was pushed.")
     host, namespace = registry.parse_registry(target)
+    auth_config = auth_config or engine.credentials(host)  # as the Docker CLI finds them, for every request
     refs = list(rec["tags"])
     if latest:
         refs.append(f"{refs[0].rpartition(':')[0]}:latest")
@@ -67,7 +70,7 @@ def push(c: docker.DockerClient, image: str, target: str, *, records_dir: Path =
             raise BuildFailed(f"{remote} is incomplete in the registry: " + "; ".join(problems))
         pulled = registry.pull_back(c, f"{repo}@{digest}", expected_image_id=image_id, auth_config=auth_config)
         rec = record.add_push(rec, remote, digest, pulled)
-        engine.untag(c, [f"{repo}@{digest}"])
+        c.untag([f"{repo}@{digest}"])
         if not quiet:
             print(f"{remote} → {digest}; pulled back by digest as {pulled[:19]}")
     record.write_record(rec, records_dir)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import docker
 from cyclonedx.model import HashAlgorithm, HashType, Property
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
@@ -31,8 +30,9 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from builder import engine
+
 from builder.errors import BuildFailed
+from builder.engine import Engine
 
 SCRIPT = Path(__file__).parent / "inside" / "inventory.py"
 SCHEMA_VERSION = SchemaVersion.V1_6
@@ -102,9 +102,9 @@ def parse_inventory(output: str) -> Inventory:
                      os_id=data["os"]["id"] or "unknown", os_version=data["os"]["version"] or "")
 
 
-def inventory(c: docker.DockerClient, image: str) -> Inventory:
+def inventory(c: Engine, image: str) -> Inventory:
     """Run the inventory script in the image (its own entrypoint and user, no network)."""
-    result = engine.run(c, image, ["python", "-c", SCRIPT.read_text()], network_disabled=True)
+    result = c.run(image, ["python", "-c", SCRIPT.read_text()], network_disabled=True)
     if result.exit_code != 0:
         raise BuildFailed(f"image {image}: the package inventory exited {result.exit_code}:\n{result.output[-3000:]}")
     return parse_inventory(result.output)
@@ -191,12 +191,12 @@ def file_name(variant: str, text: str) -> str:
     return f"{variant}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.cdx.json"
 
 
-def sbom_for_image(c: docker.DockerClient, image: str, *, variant: str, name: str, tag: str,
+def sbom_for_image(c: Engine, image: str, *, variant: str, name: str, tag: str,
                    source_date_epoch: int, locks: Iterable[Path], records_dir: Path,
                    builder_version: str = "0") -> tuple[Path, str]:
     """Inventory the image and write its SBOM into records_dir; return (path, sha256), which is
     what record.make_record takes as `sbom`."""
-    diff_ids = c.api.inspect_image(image)["RootFS"]["Layers"]
+    diff_ids = c.diff_ids(image)
     bom = make_bom(inventory(c, image), name=name, tag=tag, diff_ids=diff_ids,
                    source_date_epoch=source_date_epoch, locks=locks, builder_version=builder_version)
     text = to_json(bom)

@@ -15,8 +15,6 @@ import time
 import uuid
 from typing import Callable, Iterator
 
-import docker
-import docker.errors
 import paramiko
 import requests
 import websocket
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from builder import engine
+from builder.engine import Engine
 from builder.manifest import Variant
 
 Result = tuple[str, bool, str]
@@ -32,6 +31,7 @@ logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # polling a starting s
 # Runs inside a container: every process (uid, state, command) and every listening TCP socket.
 PROCESS_TABLE = r"""
 import json, os
+from builder.engine import Engine
 procs = []
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
@@ -52,17 +52,15 @@ print(json.dumps({"processes": procs, "listening": listening}))
 
 
 @contextlib.contextmanager
-def running(c: docker.DockerClient, image: str, *, environment: dict | None = None,
+def running(c: Engine, image: str, *, environment: dict | None = None,
             ports: tuple[int, ...] = ()) -> Iterator:
     """A detached container with its ports published on 127.0.0.1; always removed, volumes too."""
-    container = c.containers.run(image, detach=True, environment=environment or {},
-                                 ports={f"{p}/tcp": ("127.0.0.1", None) for p in ports},
-                                 labels={engine.LABEL_TEST: "verify"})
+    container = c.start(image, environment=environment or {},
+                        ports={f"{p}/tcp": ("127.0.0.1", None) for p in ports}, labels={engine.LABEL_TEST: "verify"})
     try:
         yield container
     finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True, v=True)
+        c.remove_container(container)
 
 
 def host_port(container, port: int) -> int:
@@ -176,7 +174,7 @@ def allowed_auth_methods(port: int, user: str) -> list[str]:
     return ["none"]
 
 
-def ssh_checks(c: docker.DockerClient, image: str, container, key: paramiko.PKey, user: str,
+def ssh_checks(c: Engine, image: str, container, key: paramiko.PKey, user: str,
                environment: dict, torch_version: str) -> list[Result]:
     port = host_port(container, 22)
     try:
@@ -263,13 +261,13 @@ print("sum", ext.add(2, 3))
 NO_SERVICES = {"PYTORCH_CUDA_SERVICES": ""}
 
 
-def devel_checks(c: docker.DockerClient, image: str, cuda: str) -> list[Result]:
-    toolchain = engine.run(c, image, ["sh", "-c", DEVEL_SCRIPT], environment=NO_SERVICES, network_disabled=True)
+def devel_checks(c: Engine, image: str, cuda: str) -> list[Result]:
+    toolchain = c.run(image, ["sh", "-c", DEVEL_SCRIPT], environment=NO_SERVICES, network_disabled=True)
     out = toolchain.output.strip()
     major, minor = cuda.split(".")[:2]
     ok = toolchain.exit_code == 0 and "cubin" in out and f"cudart {int(major) * 1000 + int(minor) * 10}:" in out
     results = [("devel-cuda-toolchain", ok, out.replace("\n", " | ")[-400:])]
-    ext = engine.run(c, image, ["python", "-c", TORCH_EXTENSION], environment=NO_SERVICES, network_disabled=True)
+    ext = c.run(image, ["python", "-c", TORCH_EXTENSION], environment=NO_SERVICES, network_disabled=True)
     results.append(("devel-torch-extension", ext.exit_code == 0 and "sum 5" in ext.output,
                     "built and ran a torch C++ extension" if "sum 5" in ext.output else ext.output[-600:]))
     return results
@@ -314,7 +312,7 @@ def health_checks(container) -> list[Result]:
         return [("healthcheck", False, f"{exc}: {json.dumps(health)[-400:]}")]
 
 
-def flavor_checks(c: docker.DockerClient, image: str, variant: Variant) -> list[Result]:
+def flavor_checks(c: Engine, image: str, variant: Variant) -> list[Result]:
     """Everything the flavor promises beyond runtime, checked on running containers."""
     results: list[Result] = []
     if "devel" in variant.contents():

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-import docker
-import docker.errors
 from packaging.version import Version
 
 from builder import facts, hygiene, services, tags
 from builder.manifest import Manifest, Variant
 from builder.render import common_labels
+from builder.engine import Engine
+from builder import engine
 
 
 @dataclass
@@ -166,17 +166,17 @@ def variant_of(manifest: Manifest, config: dict[str, Any], fallback: str | None)
     return manifest.variant(name or "")
 
 
-def diff_ids(c: docker.DockerClient, image: str) -> list[str] | None:
+def diff_ids(c: Engine, image: str) -> list[str] | None:
     try:
-        return c.api.inspect_image(image)["RootFS"]["Layers"]
-    except docker.errors.ImageNotFound:
+        return c.diff_ids(image)
+    except engine.ImageNotFound:
         return None
 
 
-def gather(c: docker.DockerClient, image: str, variant: Variant, ca_bundle: Path | None,
+def gather(c: Engine, image: str, variant: Variant, ca_bundle: Path | None,
            runtime_ref: str | None = None) -> Evidence:
     """Run the image and scan its layers at the same time: one waits on the CPU, the other on disk."""
-    config = c.api.inspect_image(image)["Config"]
+    config = c.run_config(image)
     with ThreadPoolExecutor(max_workers=2) as pool:
         scan = pool.submit(hygiene.scan_image, c, image, ca_bundle)
         found = facts.collect(c, image, full=True)

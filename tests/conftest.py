@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import docker
-import docker.errors
 import pytest
 
 from builder import engine, manifest, pipeline
@@ -18,9 +16,9 @@ from tests.support import TEST_REPOSITORY, TrackedContainer
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
+def docker_client() -> engine.Engine:
     try:
-        return engine.client()
+        return engine.connect()
     except UserError as exc:
         pytest.fail(f"integration tests need a Docker engine: {exc}", pytrace=False)
 
@@ -30,27 +28,28 @@ def session_images(docker_client, the_manifest):
     """At the end of the session, remove the images it created: everything tagged under a
     repository named after TEST_REPOSITORY, the raw builds behind them (with the build cache beneath), and the base if
     the session bootstrapped it. Images and tags that were there before are left alone."""
-    before = {i.id for i in docker_client.images.list(all=True)}
+    before = set(docker_client.image_ids(all=True))
     yield
     if os.environ.get("KEEP_TEST_IMAGES") == "1":
         return
     created = []
-    for image in docker_client.images.list():
-        test_tags = [t for t in image.tags if TEST_REPOSITORY in t.rpartition(":")[0]]
+    for image_id, tags in docker_client.tags_by_image().items():
+        test_tags = [t for t in tags if TEST_REPOSITORY in t.rpartition(":")[0]]
         if test_tags:
-            engine.untag(docker_client, test_tags)
-            if image.id not in before and len(test_tags) == len(image.tags):
-                created.append(image.id)
-    # raw builds (the layer cache behind each normalized image) are untagged leaves made here
-    created += [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id not in before]
-    if engine.image_exists(docker_client, the_manifest.base_ref):  # last: the raw builds stand on it
-        base_id = docker_client.images.get(the_manifest.base_ref).id
+            docker_client.untag(test_tags)
+            if image_id not in before and len(test_tags) == len(tags):
+                created.append(image_id)
+    # raw builds (the layer cache behind each normalized image) and images built untagged on the
+    # way (a flavor's runtime) are untagged leaves made here
+    created += [i for i in docker_client.image_ids(dangling=True) if i not in before]
+    if docker_client.image_exists(the_manifest.base_ref):  # last: the raw builds stand on it
+        base_id = docker_client.image_id(the_manifest.base_ref)
         if base_id not in before:
             created.append(base_id)
     for image_id in created:
         try:
-            docker_client.images.remove(image_id, force=True)  # its untagged parents (build cache) go too
-        except docker.errors.APIError as exc:
+            docker_client.remove_image(image_id, force=True)  # its untagged parents (build cache) go too
+        except engine.APIError as exc:
             print(f"cleanup: could not remove {image_id}: {exc}")
 
 
@@ -62,7 +61,7 @@ def the_manifest() -> manifest.Manifest:
 @pytest.fixture(scope="session")
 def runtime_image(docker_client, session_images, the_manifest) -> pipeline.Built:
     """The runtime image, built once per session through the real pipeline."""
-    return pipeline.build(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY)
+    return pipeline.build_and_tag(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY)
 
 
 @pytest.fixture

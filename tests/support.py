@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import docker
-import docker.errors
-
 from builder import engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,22 +12,18 @@ TEST_REPOSITORY = "pytorch-cuda-test"
 class TrackedContainer:
     """Runs containers and removes every one of them, even when the test fails."""
 
-    def __init__(self, client: docker.DockerClient):
+    def __init__(self, client: engine.Engine):
         self.client = client
         self.containers = []
 
     def start(self, image: str, **kwargs):
-        kwargs.setdefault("labels", {engine.LABEL_TEST: "tracked"})
-        container = self.client.containers.run(image, detach=True, **kwargs)
+        container = self.client.start(image, **kwargs)
         self.containers.append(container)
         return container
 
     def run(self, image: str, command, **kwargs) -> engine.RunResult:
-        return engine.run(self.client, image, command, **kwargs)
+        return self.client.run(image, command, **kwargs)
 
     def remove_all(self) -> None:
         for container in self.containers:
-            try:
-                container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass
+            self.client.remove_container(container)

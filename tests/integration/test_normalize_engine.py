@@ -7,6 +7,7 @@ files, and must normalize to one image ID.  Every image and tag made here is rem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import docker
 import docker.errors
 import pytest
 
+from builder import engine, rewrite
 from builder import normalize as N
 
 pytestmark = pytest.mark.engine
@@ -72,11 +74,21 @@ class Tracker:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    c = docker.from_env(timeout=300)
-    c.ping()  # the engine marker: fail, never skip, when no engine answers
-    yield c
-    c.close()
+def eng() -> engine.Engine:
+    try:
+        return engine.connect()
+    except Exception as exc:  # the engine marker: fail, never skip, when no engine answers
+        pytest.fail(f"these tests need a Docker engine: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def client(eng: engine.Engine) -> docker.DockerClient:
+    """The SDK itself, for the set-up only the tests do (import, build a tiny image)."""
+    return eng.client
+
+
+def load_normalized(eng: engine.Engine, saved: Path, **options) -> N.NormalizeReport:
+    return rewrite.load_stream(eng, N.normalize_saved_image(saved, EPOCH, **options))
 
 
 @pytest.fixture(scope="module")
@@ -145,26 +157,27 @@ def build_context(base: str, mtime: float) -> io.BytesIO:
     return buf
 
 
-def save(client: docker.DockerClient, image_id: str, path: Path) -> Path:
+def save(eng: engine.Engine, image_id: str, path: Path) -> Path:
     with open(path, "wb") as f:
-        for chunk in client.api.get_image(image_id):
+        for chunk in eng.save_stream(image_id):
             f.write(chunk)
     return path
 
 
 def saved_parts(path: Path) -> tuple[bytes, list[bytes]]:
-    """(config bytes, layer tars) of a one-image `docker save` tar."""
-    with tarfile.open(path) as tf:
-        manifest = json.loads(tf.extractfile("manifest.json").read())
-        (entry,) = manifest
-        config = tf.extractfile(entry["Config"]).read()
-        layers = [tf.extractfile(p).read() for p in entry["Layers"]]  # follows symlinks
-    return config, layers
+    """(config bytes, plain layer tars) of a one-image archive, in either layout."""
+    with open(path, "rb") as f, contextlib.ExitStack() as stack:
+        archive = N.open_archive(f, stack)
+        layers = []
+        for layer, offset, size in archive.layers:
+            layer.seek(offset)
+            layers.append(layer.read(size))
+        return archive.config, layers
 
 
 @pytest.fixture(scope="module")
 def two_builds(
-    client: docker.DockerClient, tracker: Tracker, tmp_path_factory: pytest.TempPathFactory
+    eng: engine.Engine, client: docker.DockerClient, tracker: Tracker, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     """Two `--no-cache` builds of one Dockerfile, a few seconds apart, saved by ID."""
     base = tracker.add(f"normtest-base:{RUN_ID}")
@@ -183,26 +196,28 @@ def two_builds(
             forcerm=True,
         )
         tracker.add(image.id)
-        saved.append(save(client, image.id, tmp / f"raw{i}.tar"))
+        saved.append(save(eng, image.id, tmp / f"raw{i}.tar"))
+        config, _ = saved_parts(saved[-1])  # the containerd store names the build by its manifest
+        eng.remember("sha256:" + hashlib.sha256(config).hexdigest(), image.id)
     return saved[0], saved[1]
 
 
 def test_two_builds_differ_raw_but_normalize_to_one_id(
-    client: docker.DockerClient, tracker: Tracker, two_builds: tuple[Path, Path]
+    eng: engine.Engine, tracker: Tracker, two_builds: tuple[Path, Path]
 ) -> None:
     raw_a, raw_b = two_builds
     cfg_a, _ = saved_parts(raw_a)
     cfg_b, _ = saved_parts(raw_b)
     assert cfg_a != cfg_b, "raw builds must differ, or this test proves nothing"
 
-    rep_a = N.load_normalized(client, raw_a, EPOCH)
+    rep_a = load_normalized(eng, raw_a)
     tracker.add(rep_a.image_id)
-    rep_b = N.load_normalized(client.api, raw_b, EPOCH)
+    rep_b = load_normalized(eng, raw_b)
     tracker.add(rep_b.image_id)
     assert rep_a.source_image_id != rep_b.source_image_id
     assert rep_a.image_id == rep_b.image_id
     assert rep_a.diff_ids == rep_b.diff_ids
-    assert client.images.get(rep_a.image_id).id == rep_a.image_id
+    assert eng.image_id(rep_a.image_id) == rep_a.image_id
 
     copy_layer = rep_a.layers[1]
     assert copy_layer.entries_out == 6  # data/ + 5 files, names long and not ASCII included
@@ -214,9 +229,9 @@ def test_two_builds_differ_raw_but_normalize_to_one_id(
 
 
 def test_normalized_image_runs(
-    client: docker.DockerClient, tracker: Tracker, two_builds: tuple[Path, Path]
+    eng: engine.Engine, client: docker.DockerClient, tracker: Tracker, two_builds: tuple[Path, Path]
 ) -> None:
-    rep = N.load_normalized(client, two_builds[0], EPOCH)
+    rep = load_normalized(eng, two_builds[0])
     tracker.add(rep.image_id)
     script = (
         "cat /hello2.txt /data/sym /app/y /data/long-*.txt /data/\u00e9t\u00e9.txt;"
@@ -224,8 +239,8 @@ def test_normalized_image_runs(
         " for p in /var/log/apt/history.log /tmp/scratch /app/__pycache__/x.pyc; do"
         " test -e $p && echo \"present $p\"; done; true"
     )
-    out = client.containers.run(rep.image_id, ["/bin/sh", "-c", script], remove=True)
-    assert out.decode().split("\n") == [
+    out = eng.run(rep.image_id, ["/bin/sh", "-c", script]).output
+    assert out.split("\n") == [
         "hello",
         "a",
         "ok",
@@ -237,6 +252,7 @@ def test_normalized_image_runs(
 
 
 def test_load_then_save_gives_back_the_same_bytes(
+    eng: engine.Engine,
     client: docker.DockerClient,
     tracker: Tracker,
     two_builds: tuple[Path, Path],
@@ -245,11 +261,11 @@ def test_load_then_save_gives_back_the_same_bytes(
     ours = tmp_path / "normalized.tar"
     rep = N.normalize_to_file(two_builds[1], ours, EPOCH)
     tag = tracker.add(f"normtest:{RUN_ID}")
-    loaded = N.load_normalized(client, two_builds[1], EPOCH, repo_tags=[tag])
+    loaded = load_normalized(eng, two_builds[1], repo_tags=[tag])
     assert loaded.image_id == rep.image_id
-    assert client.images.get(tag).id == rep.image_id  # tagged by docker load itself
+    assert eng.image_id(tag) == rep.image_id  # tagged by docker load itself
 
-    resaved = save(client, rep.image_id, tmp_path / "resaved.tar")
+    resaved = save(eng, rep.image_id, tmp_path / "resaved.tar")
     config, layers = saved_parts(resaved)
     our_config, our_layers = saved_parts(ours)
     assert config == our_config == rep.config
@@ -261,29 +277,26 @@ def test_load_then_save_gives_back_the_same_bytes(
     assert again.image_id == rep.image_id and again.source_image_id == rep.image_id
 
 
-def test_the_engine_store_gives_what_docker_save_gives(
-    client: docker.DockerClient, two_builds: tuple[Path, Path]
+def test_the_layers_the_engine_hands_over_are_the_saved_bytes(
+    eng: engine.Engine, two_builds: tuple[Path, Path]
 ) -> None:
-    """Layers reassembled from the local store (tar-split + layer directories) are the saved
-    bytes, and normalizing either gives one output."""
-    from builder import layerstore
-
+    """Layers as the engine adapter hands them over (reassembled from the local store where the
+    probe chose it, else from the image archive) are the saved bytes, and normalizing either
+    gives one output."""
     config, layers = saved_parts(two_builds[0])
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    local = layerstore.local_image(client.api, image_id)
-    assert local is not None, "this engine is local with overlay2: its store must be readable"
-    assert local.config == config
-    files = [local.open_layer(i) for i in range(len(layers))]
-    try:
-        for f, layer in zip(files, layers):
-            got = b""
-            while chunk := f.read(1 << 20):
+    local_overlay2 = eng.info.local and eng.info.storage_driver == "overlay2" and eng.info.image_store == "graphdriver"
+    assert (eng.info.layer_source == "store") == local_overlay2, eng.info.layer_source_reason  # root runs the tests
+    with eng.layers(image_id) as (archive, source):
+        assert source == eng.info.layer_source
+        assert archive.config == config
+        for (f, offset, size), layer in zip(archive.layers, layers):
+            f.seek(offset)
+            got = bytearray()
+            while len(got) < size and (chunk := f.read(size - len(got))):  # the store reads piece by piece
                 got += chunk
             assert got == layer
-        via_store = b"".join(N.normalize_image(local.config, [(f, 0, f.size) for f in files], EPOCH))
-    finally:
-        for f in files:
-            f.close()
+        via_engine = b"".join(N.normalize_image(archive.config, archive.layers, EPOCH))
     via_save = io.BytesIO()
     N.normalize_to_file(two_builds[0], via_save, EPOCH)
-    assert via_store == via_save.getvalue()
+    assert via_engine == via_save.getvalue()

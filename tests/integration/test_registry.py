@@ -76,7 +76,7 @@ def reg(tmp_path_factory):
 class Images:
     """Builds small FROM-scratch images under LOCAL and removes every one of them at the end."""
 
-    def __init__(self, client: docker.DockerClient):
+    def __init__(self, client: engine.Engine):
         self.client = client
         self.ids: list[str] = []
 
@@ -100,10 +100,10 @@ class Images:
     def remove_all(self) -> None:
         for image_id in self.ids:
             try:
-                self.client.images.remove(image_id, force=True)  # every tag and digest ref, and its build parents
+                self.client.client.images.remove(image_id, force=True)  # every tag and digest ref, and its build parents
             except docker.errors.ImageNotFound:
                 pass
-        left = [t for i in self.client.images.list() for t in i.tags if LOCAL in t]
+        left = [t for i in self.client.client.images.list() for t in i.tags if LOCAL in t]
         engine.untag(self.client, left)
 
 
@@ -116,8 +116,8 @@ def images(docker_client):
         made.remove_all()
 
 
-def remote_tags(client: docker.DockerClient, image_id: str) -> list[str]:
-    return [t for t in client.images.get(image_id).tags if t.startswith(HOST)]
+def remote_tags(client: engine.Engine, image_id: str) -> list[str]:
+    return [t for t in client.client.images.get(image_id).tags if t.startswith(HOST)]
 
 
 def files(seed: str, size: int = 2048) -> dict[str, bytes]:
@@ -139,7 +139,7 @@ def test_push_then_pull_by_tag_and_by_digest_gives_the_same_image(reg, images, d
     assert "pushing" in out and f"pushed {remote[0]}@{digest}" in out and "2 layer(s) uploaded" in out
     assert "2 already in the registry" in out  # the second tag reuses every layer
     assert remote_tags(docker_client, image_id) == []  # the push-only tags are gone again
-    assert sorted(docker_client.images.get(image_id).tags) == sorted(refs)
+    assert sorted(docker_client.client.images.get(image_id).tags) == sorted(refs)
 
     repo = f"{NAMESPACE}/{LOCAL}"
     assert registry.registry_has_tag(HOST, repo, "roundtrip")
@@ -148,14 +148,14 @@ def test_push_then_pull_by_tag_and_by_digest_gives_the_same_image(reg, images, d
     assert registry.remote_problems(HOST, repo, digest, expected_image_id=image_id) == []
     assert registry.fetch_manifest(HOST, repo, "roundtrip")[1] == digest
 
-    docker_client.images.remove(image_id, force=True)
-    assert not engine.image_exists(docker_client, image_id)
-    pulled = docker_client.images.pull(f"{HOST}/{repo}", tag="roundtrip")
+    docker_client.client.images.remove(image_id, force=True)
+    assert not docker_client.image_exists(image_id)
+    pulled = docker_client.client.images.pull(f"{HOST}/{repo}", tag="roundtrip")
     assert pulled.id == image_id
 
-    docker_client.images.remove(image_id, force=True)
+    docker_client.client.images.remove(image_id, force=True)
     assert registry.pull_back(docker_client, f"{HOST}/{repo}@{digest}", expected_image_id=image_id) == image_id
-    assert engine.image_exists(docker_client, f"{HOST}/{repo}@{digest}")
+    assert docker_client.image_exists(f"{HOST}/{repo}@{digest}")
     with pytest.raises(BuildFailed, match="does not hold the verified image"):
         registry.pull_back(docker_client, f"{HOST}/{repo}@{digest}", expected_image_id="sha256:" + "0" * 64)
 
@@ -173,9 +173,9 @@ def test_a_local_tag_with_the_remote_name_is_put_back(reg, images, docker_client
     pushed_id, refs = images.build("keep", files("keep"))
     other_id, _ = images.build("other", files("other"))
     remote = registry.remote_ref(refs[0], HOST, NAMESPACE)
-    engine.tag(docker_client, other_id, [remote])
+    docker_client.tag(other_id, [remote])
     registry.push(docker_client, pushed_id, refs[:1], HOST, NAMESPACE, quiet=True, retries=1)
-    assert docker_client.images.get(remote).id == other_id
+    assert docker_client.image_id(remote) == other_id
     assert registry.remote_problems(HOST, f"{NAMESPACE}/{LOCAL}", "keep", expected_image_id=pushed_id) == []
 
 
@@ -206,7 +206,7 @@ def test_a_registry_that_goes_away_mid_push_leaves_no_broken_tag(reg, images, do
     itself (about 50 s), then the push fails with a clear error; back up on the same storage, the
     registry has either no tag or a complete image, and pushing again finishes the job."""
     image_id, refs = images.build("midpush", {"a.bin": os.urandom(32 << 20), "b.bin": os.urandom(32 << 20)})
-    layers = len(docker_client.api.inspect_image(image_id)["RootFS"]["Layers"])
+    layers = len(docker_client.diff_ids(image_id))
     seen: dict[str, str] = {}
     stopped_with: list[dict[str, str]] = []
 
@@ -253,7 +253,7 @@ def test_nothing_listening_fails_after_the_last_retry(images, docker_client, cap
         registry.push(docker_client, image_id, refs, f"127.0.0.1:{free}", "team", quiet=True, retries=3, backoff=0.2)
     assert time.monotonic() - started >= 0.2 + 0.4  # it waited between the tries
     assert capsys.readouterr().err.count("retrying in") == 2
-    assert sorted(docker_client.images.get(image_id).tags) == sorted(refs)  # only the push-only tags went
+    assert sorted(docker_client.client.images.get(image_id).tags) == sorted(refs)  # only the push-only tags went
 
 
 def test_an_unknown_image_is_a_user_error(docker_client):

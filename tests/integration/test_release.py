@@ -35,10 +35,10 @@ def test_record_lists_inputs_versions_checks_and_layers(released, docker_client)
     assert rec["verified"] is True and all(c["ok"] for c in rec["checks"])
     assert rec["facts"]["torch"] == "2.8.0+cu128"
     assert rec["source_date_epoch"] == 1795824000
-    labels = docker_client.api.inspect_image(rec["image"]["id"])["Config"]["Labels"]
+    labels = docker_client.run_config(rec["image"]["id"])["Labels"]
     assert labels[record.LABEL_RECORD] == record.record_digest(rec)
     assert labels[record.LABEL_SBOM] == rec["sbom"]["sha256"]
-    assert docker_client.images.get(rec["tags"][0]).id == rec["image"]["id"]
+    assert docker_client.image_id(rec["tags"][0]) == rec["image"]["id"]
 
 
 def test_sbom_lists_torch_and_cudnn_with_lock_hashes_and_os_packages(released):
@@ -66,14 +66,14 @@ def test_push_then_pull_by_tag_and_digest(released, docker_client, reg):  # noqa
     remote, digest = next(iter(digests.items()))
     repo = remote.rpartition(":")[0]
     assert registry.remote_problems(HOST, repo.split("/", 1)[1], digest, expected_image_id=rec["image"]["id"]) == []
-    docker_client.api.remove_image(rec["image"]["id"], force=True, noprune=True)
+    docker_client.client.api.remove_image(rec["image"]["id"], force=True, noprune=True)
     try:
-        by_tag = docker_client.images.pull(remote)
-        by_digest = docker_client.images.pull(f"{repo}@{digest}")
+        by_tag = docker_client.client.images.pull(remote)
+        by_digest = docker_client.client.images.pull(f"{repo}@{digest}")
         assert by_tag.id == by_digest.id == rec["image"]["id"]
     finally:
         for ref in [remote, f"{repo}@{digest}"]:
             try:
-                docker_client.api.remove_image(ref, noprune=True)
+                docker_client.client.api.remove_image(ref, noprune=True)
             except Exception:
                 pass

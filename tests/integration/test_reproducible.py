@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import io
 
-from builder import diff, engine, pipeline
+from builder import diff, pipeline
 from tests.support import TEST_REPOSITORY
 
 
 def test_rebuild_from_a_cleared_cache_gives_the_same_image_id(runtime_image, docker_client, the_manifest):
-    engine.untag(docker_client, [the_manifest.base_ref])  # the rebuild bootstraps the base anew
+    docker_client.untag([the_manifest.base_ref])  # the rebuild bootstraps the base anew
     rebuilt = pipeline.build(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY,
                              nocache=True, quiet=True)
     assert rebuilt.raw_id != runtime_image.raw_id, "the rebuild came from the cache"
@@ -29,7 +29,7 @@ def test_diff_explains_a_difference(runtime_image, docker_client, the_manifest):
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
     buf.seek(0)
-    changed = engine.build(docker_client, buf, target="", quiet=True)
+    changed = docker_client.build(buf, target="", quiet=True)
     try:
         out = io.StringIO()
         assert diff.explain(docker_client, the_manifest.base_ref, changed, out) is False
@@ -38,4 +38,4 @@ def test_diff_explains_a_difference(runtime_image, docker_client, the_manifest):
         assert "etc/motd" in text
         assert diff.explain(docker_client, changed, changed, io.StringIO()) is True
     finally:
-        docker_client.images.remove(changed, force=True)
+        docker_client.remove_image(changed, force=True)

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 import pytest
 
-from builder import aptlock, engine, hygiene, layerstore, normalize, verify
+from builder import aptlock, engine, hygiene, normalize, verify
 from builder.context import find_ca_bundle
 from tests.support import ROOT, TEST_REPOSITORY
 
@@ -21,8 +19,8 @@ def test_tags_name_what_is_inside(runtime_image, docker_client):
         f"{TEST_REPOSITORY}:2.8.0-cu128-cudnn9-py3.12-ubuntu24.04-runtime-20261128",
         f"{TEST_REPOSITORY}:2.8-cu128-runtime",
     ]
-    assert sorted(engine.tags_of(docker_client, runtime_image.image_id)) >= sorted(runtime_image.refs)
-    assert not any(t.endswith(":latest") for t in engine.tags_of(docker_client, runtime_image.image_id))
+    assert sorted(docker_client.tags_of(runtime_image.image_id)) >= sorted(runtime_image.refs)
+    assert not any(t.endswith(":latest") for t in docker_client.tags_of(runtime_image.image_id))
 
 
 def test_versions_inside_match_the_manifest(runtime_image):
@@ -36,7 +34,7 @@ def test_versions_inside_match_the_manifest(runtime_image):
 
 
 def test_image_config(runtime_image, docker_client, the_manifest):
-    config = docker_client.api.inspect_image(runtime_image.image_id)["Config"]
+    config = docker_client.run_config(runtime_image.image_id)
     assert config["User"] == f"{the_manifest.user['uid']}:{the_manifest.user['uid']}"
     assert config["Entrypoint"][:3] == ["/usr/bin/tini", "-g", "--"]
     assert "NVIDIA_VISIBLE_DEVICES=all" in config["Env"]
@@ -67,28 +65,37 @@ def test_the_build_ca_reached_no_layer_and_no_history(verify_output, runtime_ima
     assert find_ca_bundle(None) is not None, "this machine's builds need a CA bundle; the test assumes one"
     hygiene_line = next(l for l in verify_output.stdout.splitlines() if " hygiene " in l)
     assert hygiene_line.startswith("PASS"), hygiene_line
-    history = " ".join(h["CreatedBy"] for h in docker_client.api.history(runtime_image.image_id))
+    history = " ".join(docker_client.history(runtime_image.image_id))
     assert "build-ca" not in history and "PIP_CERT" not in history
 
 
-def test_reading_the_engine_store_and_docker_save_normalize_alike(runtime_image, docker_client):
-    """The build read its layers from the engine's store; normalizing `docker save` of the same
-    raw build gives the same image ID (a remote engine takes that path)."""
-    assert layerstore.local_image(docker_client.api, runtime_image.raw_id) is not None
-    with tempfile.NamedTemporaryFile(prefix="pytorch-cuda-test-", suffix=".tar") as saved, \
-            open(os.devnull, "wb") as sink:  # 7 GB: removed on the way out, even on failure
-        for chunk in docker_client.api.get_image(runtime_image.raw_id):
-            saved.write(chunk)
-        saved.flush()
-        epoch = runtime_image.variant.manifest.source_date_epoch
-        assert normalize.normalize_to_file(saved.name, sink, epoch).image_id == runtime_image.image_id
+def test_the_image_archive_and_the_engine_store_give_one_image_id(runtime_image, docker_client):
+    """The build read its layers from the engine's store (root, local overlay2); the image archive
+    (`docker save`, what a remote or non-root build reads) of the same raw build normalizes to
+    the same image ID and the same layer scans. One save of 7 GB, streamed through the
+    normalizer into the scans and a hash, nothing written but the save's temp file."""
+    assert runtime_image.layer_source == "store", "the session's build should read the local store"
+    archive_engine = engine.connect("archive")
+    epoch = runtime_image.variant.manifest.source_date_epoch
+    scans: dict[str, hygiene.LayerScan] = {}
+    with archive_engine.layers(runtime_image.raw_id) as (archive, source):
+        assert source == "archive"
+
+        def scan(i: int, diff_id: str, files: list) -> None:
+            with open(archive.layers[i][0].name, "rb") as data:
+                scans[diff_id] = hygiene.scan_files(files, data)
+
+        report = normalize.drain(normalize.normalize_image(archive.config, archive.layers, epoch, on_layer=scan),
+                                 lambda chunk: None)
+    assert report.image_id == runtime_image.image_id
+    assert scans == {d: hygiene.kept(d) for d in report.diff_ids}, "the scans the build kept differ"
 
 
 def test_the_base_layer_was_imported_normalized(runtime_image, docker_client, the_manifest):
     """mmdebstrap's tar is normalized before `docker import`, so the image's first layer is the
     base's own layer: no build rewrites or re-sends it."""
-    base_layers = docker_client.api.inspect_image(the_manifest.base_ref)["RootFS"]["Layers"]
-    assert docker_client.api.inspect_image(runtime_image.image_id)["RootFS"]["Layers"][:1] == base_layers
+    base_layers = docker_client.diff_ids(the_manifest.base_ref)
+    assert docker_client.diff_ids(runtime_image.image_id)[:1] == base_layers
 
 
 def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client, the_manifest):
@@ -96,15 +103,6 @@ def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client,
     recorded = aptlock.read(aptlock.lock_path(the_manifest))["os"]
     assert aptlock.installed(docker_client, runtime_image.image_id) == recorded
     assert {"python3.12", "tini", "apt", "ca-certificates"} <= recorded.keys()
-
-
-def test_verify_reads_the_scans_the_build_made(runtime_image, docker_client):
-    """The build scanned each layer as it normalized it, so verify saves no image; those scans
-    equal a scan of the image as `docker save` gives it now."""
-    diff_ids = docker_client.api.inspect_image(runtime_image.image_id)["RootFS"]["Layers"]
-    kept = [hygiene.kept(d) for d in diff_ids]
-    assert all(scan is not None for scan in kept), "a layer of the build has no kept scan"
-    assert hygiene.scan_saved(engine.saved_stream(docker_client, runtime_image.image_id)) == kept
 
 
 def leaky_context(base: str, dockerfile: str, ca: bytes) -> io.BytesIO:
@@ -127,11 +125,11 @@ def leaky_context(base: str, dockerfile: str, ca: bytes) -> io.BytesIO:
 ], ids=["copied-then-deleted", "merged-into-system-store"])
 def test_a_leaky_build_is_caught(runtime_image, docker_client, the_manifest, dockerfile):
     ca = find_ca_bundle(None)
-    image_id = engine.build(docker_client, leaky_context(the_manifest.base_ref, dockerfile, ca.read_bytes()),
+    image_id = docker_client.build(leaky_context(the_manifest.base_ref, dockerfile, ca.read_bytes()),
                             target="", quiet=True)
     try:
         findings = hygiene.scan_image(docker_client, image_id, ca)
         assert findings, "the leak was not detected"
         assert any("build CA" in f or "build-only CA certificate" in f for f in findings), findings
     finally:
-        docker_client.images.remove(image_id, force=True)
+        docker_client.remove_image(image_id, force=True)

@@ -47,7 +47,7 @@ def test_selftest_quick_in_the_image_writes_a_valid_fingerprint(runtime_image, c
     doc = json.loads((outdir / "fp.json").read_text())
     assert fingerprint.schema_errors(doc) == []
     assert doc["mode"] == "cpu" and doc["quick"] is True
-    labels = docker_client.api.inspect_image(runtime_image.image_id)["Config"]["Labels"]
+    labels = docker_client.run_config(runtime_image.image_id)["Labels"]
     env = doc["environment"]
     assert env["image"]["inside_image"] is True
     assert env["image"]["tag"] == "pytorch-cuda:" + labels["org.opencontainers.image.version"]

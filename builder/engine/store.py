@@ -8,8 +8,9 @@ the files, in the layer's directory (overlay2: `overlay2/<cache-id>/diff`). When
 local and its data root readable (root on the build machine), this module does the same
 reassembly in place, lazily: a layer becomes a seekable file whose headers come from tar-split
 and whose file data is read from the layer directory only where a reader asks for it. The
-config is the engine's own copy, checked against the image ID. Anything unexpected (another
-storage driver, a remote engine, a missing file) returns None, and the caller saves instead.
+config is the engine's own copy, checked against the image ID. Whether to come here at all is the
+probe's decision (builder/engine/probe.py); an image whose files are not as expected returns None,
+and the caller saves it instead.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import base64
 import bisect
 import gzip
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from builder.normalize import SeekableReader
 
 
 @dataclass
@@ -35,7 +37,7 @@ class LocalImage:
         return ReassembledTar(self.layers[i], self.root)
 
 
-class ReassembledTar(io.RawIOBase):
+class ReassembledTar(SeekableReader):
     """One layer tar, byte-identical to the registered one, as a read-only seekable file."""
 
     def __init__(self, layerdb: Path, root: Path) -> None:
@@ -69,23 +71,10 @@ class ReassembledTar(io.RawIOBase):
     def clone(self) -> "ReassembledTar":
         """Another reader of the same layer (its own position and open file), for another thread."""
         other = ReassembledTar.__new__(ReassembledTar)
-        io.RawIOBase.__init__(other)
+        SeekableReader.__init__(other)
         other._dir, other._starts, other._pieces, other.size = self._dir, self._starts, self._pieces, self.size
         other._pos, other._open = 0, None
         return other
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = max(0, {0: 0, 1: self._pos, 2: self.size}[whence] + pos)
-        return self._pos
 
     def read(self, n: int = -1) -> bytes:
         """Up to n bytes, never past the end of the piece the position is in."""
@@ -111,11 +100,6 @@ class ReassembledTar(io.RawIOBase):
         self._pos += len(data)
         return data
 
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
     def close(self) -> None:
         if self._open:
             self._open[1].close()
@@ -132,15 +116,11 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return chain
 
 
-def local_image(api: Any, image_id: str) -> LocalImage | None:
-    """The image's config and layers from the local store, or None when they cannot be read here."""
-    if os.environ.get("DOCKER_HOST", "unix://").split("://")[0] not in ("unix", ""):
-        return None  # a remote engine: its store is on another machine
+def local_image(api: Any, image_id: str, data_root: str) -> LocalImage | None:
+    """The image's config and layers from the local overlay2 store at ``data_root``, or None when
+    what is there is not what the engine says it holds."""
     try:
-        info = api.info()
-        if info.get("Driver") != "overlay2":
-            return None
-        root = Path(info["DockerRootDir"])
+        root = Path(data_root)
         image = root / "image" / "overlay2"
         full_id = api.inspect_image(image_id)["Id"]
         config = (image / "imagedb" / "content" / "sha256" / full_id.split(":", 1)[1]).read_bytes()

@@ -1,4 +1,4 @@
-"""builder.layerstore on a store laid out the way Docker 20.10's overlay2 keeps it, made here
+"""builder.engine.store on a store laid out the way Docker 20.10's overlay2 keeps it, made here
 from a real tar (the tar-split file is written by this test, as the engine would): the
 reassembled layer must be the tar, byte for byte. The real engine's store is checked in
 tests/integration (its reassembly equals `docker save`)."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import layerstore
+from builder.engine import store as layerstore
 
 
 def sample_tar() -> bytes:
@@ -65,13 +65,10 @@ def make_store(root: Path, layer: bytes) -> str:
 
 
 class FakeAPI:
-    """The two engine calls local_image makes."""
+    """The one engine call local_image makes (whether to read the store at all is the probe's call)."""
 
-    def __init__(self, root: Path, driver: str = "overlay2") -> None:
-        self.root, self.driver = root, driver
-
-    def info(self) -> dict:
-        return {"Driver": self.driver, "DockerRootDir": str(self.root)}
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     def inspect_image(self, image_id: str) -> dict:
         return {"Id": image_id}
@@ -88,7 +85,7 @@ def test_reassembled_layer_is_the_registered_tar(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     layer = sample_tar()
     image_id = make_store(tmp_path, layer)
-    local = layerstore.local_image(FakeAPI(tmp_path), image_id)
+    local = layerstore.local_image(FakeAPI(tmp_path), image_id, str(tmp_path))
     assert local is not None
     with local.open_layer(0) as f:
         assert f.size == len(layer)
@@ -98,15 +95,16 @@ def test_reassembled_layer_is_the_registered_tar(tmp_path, monkeypatch):
             assert read_all(f)[:1500] == layer[start:start + 1500], start
 
 
-def test_no_local_store_means_none(tmp_path, monkeypatch):
-    monkeypatch.delenv("DOCKER_HOST", raising=False)
+def test_a_store_that_is_not_as_the_engine_says_is_refused(tmp_path):
     image_id = make_store(tmp_path, sample_tar())
-    assert layerstore.local_image(FakeAPI(tmp_path, driver="btrfs"), image_id) is None
-    monkeypatch.setenv("DOCKER_HOST", "tcp://build-host:2376")
-    assert layerstore.local_image(FakeAPI(tmp_path), image_id) is None
-    monkeypatch.delenv("DOCKER_HOST")
+    assert layerstore.local_image(FakeAPI(tmp_path), image_id, str(tmp_path / "elsewhere")) is None
+    config = next((tmp_path / "image" / "overlay2" / "imagedb" / "content" / "sha256").iterdir())
+    good = config.read_bytes()
+    config.write_bytes(good + b" ")  # no longer the config whose digest is the image ID
+    assert layerstore.local_image(FakeAPI(tmp_path), image_id, str(tmp_path)) is None
+    config.write_bytes(good)
     next((tmp_path / "overlay2").glob("*/diff/etc/a.txt")).write_bytes(b"changed size\n")
-    local = layerstore.local_image(FakeAPI(tmp_path), image_id)
+    local = layerstore.local_image(FakeAPI(tmp_path), image_id, str(tmp_path))
     with pytest.raises(OSError, match="is not 6 bytes"):  # a size that disagrees with its header
         local.open_layer(0)
 
@@ -120,7 +118,7 @@ def test_chain_ids_follow_the_layer_store():
 def test_a_clone_reads_on_its_own(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     layer = sample_tar()
-    local = layerstore.local_image(FakeAPI(tmp_path), make_store(tmp_path, layer))
+    local = layerstore.local_image(FakeAPI(tmp_path), make_store(tmp_path, layer), str(tmp_path))
     with local.open_layer(0) as first:
         first.seek(700)
         with first.clone() as second:
