@@ -64,9 +64,7 @@ def test_a_user_who_cannot_read_the_data_root_goes_through_the_archive():
 
 def test_a_rootless_engine_goes_through_the_archive():
     """Rootless shows as `name=rootless` in SecurityOptions; its layer files belong to remapped users."""
-    info, ver = recorded("28-overlay2")
-    info = dict(info, SecurityOptions=[*info["SecurityOptions"], "name=rootless"],
-                DockerRootDir="/home/builder/.local/share/docker")
+    info, ver = recorded("28-rootless")
     found = probe(info, ver, "unix:///run/user/1000/docker.sock", readable=readable, buildx=False)
     assert found.rootless and found.layer_source == "archive"
     assert "rootless" in found.layer_source_reason

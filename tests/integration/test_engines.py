@@ -1,0 +1,50 @@
+"""Same inputs, same image ID on the engines users run: the runtime image built on Docker 28, with
+the overlay2 store and with the containerd image store, started beside the default engine by
+scripts/start-engine, is the image the default engine built. Each engine is stopped and its data
+root removed afterwards (a containerd-store build takes about 28 GB)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from builder import engine, pipeline
+from tests.support import ROOT
+
+STORES = {"overlay2": [], "containerd": ["--containerd-store"]}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def modern_engine(request, runtime_image, monkeypatch_module) -> engine.Engine:
+    flags = ["--engine", "28", *STORES[request.param]]
+    proc = subprocess.run([str(ROOT / "scripts" / "start-engine"), *flags], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/start-engine {' '.join(flags)} failed: {proc.stderr[-2000:]}", pytrace=False)
+    host = proc.stdout.strip().splitlines()[-1]
+    assert host.startswith("DOCKER_HOST=unix://"), proc.stdout
+    monkeypatch_module.setenv("DOCKER_HOST", host.split("=", 1)[1])
+    try:
+        yield engine.connect()
+    finally:
+        monkeypatch_module.delenv("DOCKER_HOST")
+        subprocess.run([str(ROOT / "scripts" / "stop-engine"), *flags, "--purge"], cwd=ROOT, check=False)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_runtime_on_docker_28_is_the_same_image(modern_engine, runtime_image, the_manifest):
+    info = modern_engine.info
+    assert info.major >= 28
+    built = pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True)
+    expected_source = "archive" if info.image_store == "containerd" else "store"
+    assert built.layer_source == expected_source, info.layer_source_reason
+    assert built.image_id == runtime_image.image_id, (
+        f"Docker {info.server_version} ({info.image_store} store) built {built.image_id}, "
+        f"the default engine {runtime_image.image_id}; `build.py diff` shows what differs")
+    assert modern_engine.image_id(built.image_id) == runtime_image.image_id  # found by its config digest
+    assert modern_engine.diff_ids(built.image_id) == json.loads(runtime_image.config)["rootfs"]["diff_ids"]
