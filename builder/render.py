@@ -14,6 +14,7 @@ import jinja2
 from builder.errors import UserError
 from builder.manifest import ROOT, Manifest, Variant
 from builder.tags import expected_versions, full_tag
+from builder.normalize import BUILD_VARYING
 
 TEMPLATES = ROOT / "templates"
 IMAGES = ROOT / "images"
@@ -87,6 +88,8 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "layers": variant.python_layers()[1:],
         "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
         "epoch": m.source_date_epoch,
+        # what an apt step leaves that varies per build: the one list the normalizer and hygiene use
+        "apt_clean": " ".join("/" + p for p in ("var/lib/apt/lists/*", *BUILD_VARYING)),
     }
     try:
         dockerfile = env.get_template(DOCKERFILE_TEMPLATE).render(context)
