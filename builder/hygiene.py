@@ -96,16 +96,24 @@ def scan_entries(entries: Iterable[Entry]) -> LayerScan:
     return scan
 
 
+def layer_path(name: str) -> str:
+    """A tar member's path as the rules see it: no leading "./" or "/" (base layers carry "./")."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
 def scan_layer(layer: IO[bytes]) -> LayerScan:
     """Scan one layer tar read as a stream."""
     with tarfile.open(fileobj=layer, mode="r|") as tar:
-        return scan_entries((entry.name.lstrip("./"), entry.isfile(), entry.size,
+        return scan_entries((layer_path(entry.name), entry.isfile(), entry.size,
                              lambda entry=entry: tar.extractfile(entry).read()) for entry in tar)
 
 
 # What the scans depend on besides the layer's bytes: a kept scan made under other rules is unused.
 RULES = hashlib.sha256(json.dumps([FORBIDDEN, EMPTIED, PEM_CERT.pattern.decode(), PRIVATE_KEY.pattern.decode(),
-                                   SMALL, WHEEL_TEST_DATA, "timestamp-pyc"]).encode()).hexdigest()[:16]
+                                   SMALL, WHEEL_TEST_DATA, "timestamp-pyc", "paths-without-dot-slash"]
+                                  ).encode()).hexdigest()[:16]
 
 
 def _kept(diff_id: str) -> Path:
@@ -137,7 +145,8 @@ def scan_files(entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> La
             f.seek(offset)
             return f.read(size)
         return read
-    return scan_entries((path, is_file, size, reader(offset, size)) for path, is_file, size, offset in entries)
+    return scan_entries((layer_path(path), is_file, size, reader(offset, size))
+                        for path, is_file, size, offset in entries)
 
 
 def scan_and_keep(diff_id: str, entries: Iterable[tuple[str, bool, int, int]], f: BinaryIO) -> None:

@@ -103,3 +103,23 @@ def test_scan_of_entries_equals_scan_of_the_tar_and_survives_keeping(tmp_path, m
     assert hygiene.kept("sha256:" + "ab" * 32) == from_tar
     monkeypatch.setattr(hygiene, "RULES", "other-rules")
     assert hygiene.kept("sha256:" + "ab" * 32) is None
+
+
+def test_a_layer_scanned_from_its_tar_or_from_the_normalizer_gives_one_scan():
+    """Base layers name entries "./etc/..."; the normalizer's entries keep that form, a tar
+    stream's scan strips it: both must key the scan the same way, or kept scans never match."""
+    files = {"./etc/ssl/certs/ca-certificates.crt": PUBLIC, "./.hidden": b"x", "./var/log/dpkg.log": b"when"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    from_tar = hygiene.scan_layer(io.BytesIO(buf.getvalue()))
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        entries = [(m.name, m.isfile(), m.size, m.offset_data) for m in tar.getmembers()]
+    from_normalizer = hygiene.scan_files(entries, io.BytesIO(buf.getvalue()))
+    assert from_tar == from_normalizer
+    assert ".hidden" in from_tar.file_hashes and "etc/ssl/certs/ca-certificates.crt" in from_tar.cert_files
+    assert any("var/log/dpkg.log" in f for f in from_tar.findings)
