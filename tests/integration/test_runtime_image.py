@@ -74,7 +74,8 @@ def test_the_image_archive_and_the_engine_store_give_one_image_id(runtime_image,
     (`docker save`, what a remote or non-root build reads) of the same raw build normalizes to
     the same image ID and the same layer scans. One save of 7 GB, streamed through the
     normalizer into the scans and a hash, nothing written but the save's temp file."""
-    assert runtime_image.layer_source == "store", "the session's build should read the local store"
+    assert docker_client.info.layer_source == "store", docker_client.info.layer_source_reason  # root, local overlay2
+    assert runtime_image.layer_source in ("store", ""), runtime_image.layer_source  # "": normalized by an earlier run
     archive_engine = engine.connect("archive")
     epoch = runtime_image.variant.manifest.source_date_epoch
     scans: dict[str, hygiene.LayerScan] = {}
