@@ -288,14 +288,26 @@ def measure_decoder(
     return workload, prefill_result, decode_result, checks
 
 
-def roofline_results(w: Workload, dtype_bytes: int, results: dict, device_name: Optional[str], bf16: bool) -> dict:
-    """Decode against bandwidth, prefill against FLOP rate: measured and datasheet ceilings."""
+def roofline_results(
+    w: Workload,
+    dtype_bytes: int,
+    results: dict,
+    device_name: Optional[str],
+    dtype: Optional[str],
+    memory_bytes: Optional[int] = None,
+) -> dict:
+    """Decode against bandwidth, prefill against FLOP rate: measured and datasheet ceilings.
+
+    ``dtype`` is the GPU workload's dtype (None on the CPU): the datasheet rate
+    compared with is the dense one of that dtype.
+    """
     s = w.decoder
     gemm, copy = results.get("gemm"), results.get("copy")
     prefill, decode = results.get("prefill"), results.get("decode")
     copy_bw = copy["gb_per_s"]["median"] * 1e9 if copy else None
     gemm_rate = gemm["tflops"]["median"] * 1e12 if gemm else None
-    peak = roofline.datasheet_peak(device_name)
+    peak = roofline.datasheet_peak(device_name, memory_bytes)
+    peak_flops = peak.dense_flops(dtype) if peak and dtype else None
     out: dict = {"datasheet": peak.to_dict() if peak else None}
     step_bytes = roofline.decode_bytes_per_step(s, dtype_bytes)
     out["decode_bytes_per_step"] = step_bytes
@@ -314,10 +326,10 @@ def roofline_results(w: Workload, dtype_bytes: int, results: dict, device_name: 
         out["prefill_achieved_flops_per_s"] = flops / t
         out["prefill_compute_efficiency"] = roofline.compute_efficiency(flops, t, gemm_rate)
         out["prefill_compute_efficiency_datasheet"] = (
-            roofline.compute_efficiency(flops, t, peak.bf16_dense_flops) if peak and bf16 else None
+            roofline.compute_efficiency(flops, t, peak_flops) if peak_flops else None
         )
-    if peak and gemm and bf16:
-        out["gemm_efficiency_datasheet"] = gemm_rate / peak.bf16_dense_flops
+    if peak_flops and gemm:
+        out["gemm_efficiency_datasheet"] = gemm_rate / peak_flops
     if peak and copy:
         out["copy_efficiency_datasheet"] = copy_bw / peak.memory_bandwidth_bytes_per_s
     return out
@@ -329,7 +341,7 @@ def datasheet_checks(roof: dict) -> list[Check]:
     if not peak:
         return []
     checks = []
-    for key, what in (("gemm_efficiency_datasheet", "GEMM bf16 rate"), ("copy_efficiency_datasheet", "copy bandwidth")):
+    for key, what in (("gemm_efficiency_datasheet", "GEMM rate"), ("copy_efficiency_datasheet", "copy bandwidth")):
         frac = roof.get(key)
         if frac is None:
             continue
@@ -386,8 +398,9 @@ def run(mode: str, quick: bool, telemetry: Any, device_name: Optional[str]) -> K
     dtype = torch.bfloat16 if gpu else torch.float32
     dtype_bytes = torch.tensor([], dtype=dtype).element_size()
     w = workload_for(mode, quick)
+    memory_bytes = None
     if gpu:
-        free, _total = torch.cuda.mem_get_info(0)
+        free, memory_bytes = torch.cuda.mem_get_info(0)
         copy_bytes = min(w.copy_bytes, max(64 * MIB, free // 8 // MIB * MIB))
         if copy_bytes != w.copy_bytes:
             w = replace(w, copy_bytes=copy_bytes)
@@ -440,7 +453,9 @@ def run(mode: str, quick: bool, telemetry: Any, device_name: Optional[str]) -> K
             kr.results["prefill"] = kr.results["decode"] = None
             kr.checks.append(_error_check("kernel.decoder", "reference decoder", exc))
         release()
-    kr.results["roofline"] = roofline_results(w, dtype_bytes, kr.results, device_name if gpu else None, gpu)
+    kr.results["roofline"] = roofline_results(
+        w, dtype_bytes, kr.results, device_name if gpu else None, _dtype_name(dtype) if gpu else None, memory_bytes
+    )
     kr.checks.extend(datasheet_checks(kr.results["roofline"]))
     kr.stability, checks = stability_section(kr.results, mode)
     kr.checks.extend(checks)
