@@ -137,6 +137,25 @@ def shutdown(nvml: Any) -> None:
         pass
 
 
+_ABSENT = object()  # the function exists neither in pynvml nor in the driver's libnvidia-ml
+
+
+def _call(nvml: Any, function: str, *args: Any) -> Any:
+    """Like :func:`query`, but ``_ABSENT`` when the function is missing from pynvml or the driver."""
+    fn: Optional[Callable[..., Any]] = getattr(nvml, function, None)
+    if fn is None:
+        return _ABSENT
+    try:
+        return fn(*args)
+    except Exception as exc:
+        code = error_code(exc)
+        if code == ERROR_GPU_IS_LOST:
+            raise GpuLost(str(exc)) from None
+        if code == ERROR_FUNCTION_NOT_FOUND:
+            return _ABSENT
+        return None
+
+
 def query(nvml: Any, function: str, *args: Any) -> Any:
     """Call an NVML function; None when unsupported, not permitted or absent.
 
@@ -144,22 +163,22 @@ def query(nvml: Any, function: str, *args: Any) -> Any:
     consumer boards, energy before Volta...), so it becomes null in the
     fingerprint instead of an error.  A lost GPU is the exception: it raises.
     """
-    fn: Optional[Callable[..., Any]] = getattr(nvml, function, None)
-    if fn is None:
-        return None
-    try:
-        return fn(*args)
-    except Exception as exc:
-        if error_code(exc) == ERROR_GPU_IS_LOST:
-            raise GpuLost(str(exc)) from None
-        return None
+    value = _call(nvml, function, *args)
+    return None if value is _ABSENT else value
 
 
 def query_first(nvml: Any, functions: tuple[str, ...], *args: Any) -> Any:
-    """The first of several spellings of a function that answers."""
+    """The answer of the first spelling that both pynvml and the driver have.
+
+    pynvml may carry a function (``..._v2``, ``...ClocksEventReasons``) that an
+    older driver's libnvidia-ml lacks: the call then fails with
+    FUNCTION_NOT_FOUND and the older spelling must be tried.  Any other answer,
+    NotSupported included, is the GPU's answer and ends the search.
+    """
     for name in functions:
-        if getattr(nvml, name, None) is not None:
-            return query(nvml, name, *args)
+        value = _call(nvml, name, *args)
+        if value is not _ABSENT:
+            return value
     return None
 
 

@@ -335,3 +335,34 @@ def test_match_device_by_uuid_then_pci():
     assert nvml.match_device(devices, None, "0000:3b:00.0") == 1
     assert nvml.match_device(devices, None, None) == 0
     assert nvml.match_device([], "x", None) is None
+
+
+# ---------------------------------------------------------------- fallbacks between NVML function names
+
+
+def test_stubbed_nvml_function_not_found_in_the_driver_falls_back_to_the_older_name(monkeypatch):
+    """pynvml has the newer function but the driver's libnvidia-ml lacks it (NVML_ERROR_FUNCTION_NOT_FOUND)."""
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(throttle=0x40)]))
+
+    def missing_in_driver(*args):
+        raise FakeNVMLError(nvml.ERROR_FUNCTION_NOT_FOUND)
+
+    module.nvmlSystemGetCudaDriverVersion_v2 = missing_in_driver
+    module.nvmlSystemGetCudaDriverVersion = lambda: 12040
+    module.nvmlDeviceGetCurrentClocksEventReasons = missing_in_driver
+    assert nvml.system_info(module)["cuda_driver_version"] == "12.4"
+    assert nvml.device_info(module, 0)["throttle_reasons"] == ["hw_thermal_slowdown"]
+
+
+def test_stubbed_nvml_not_supported_is_an_answer_not_a_reason_to_try_the_next_name(monkeypatch):
+    module = install(monkeypatch, fake_pynvml())
+    calls = []
+
+    def not_supported():
+        calls.append("v2")
+        raise module.NVMLError_NotSupported()
+
+    module.nvmlSystemGetCudaDriverVersion_v2 = not_supported
+    module.nvmlSystemGetCudaDriverVersion = lambda: calls.append("v1") or 12040
+    assert nvml.system_info(module)["cuda_driver_version"] is None
+    assert calls == ["v2"]
