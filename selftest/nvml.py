@@ -287,11 +287,15 @@ def all_devices(nvml: Any) -> list[dict]:
     return [device_info(nvml, i) for i in range(count)]
 
 
-def match_device(devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[str]) -> Optional[int]:
-    """NVML index of the device torch runs on.
+def match_device(
+    devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[str]
+) -> tuple[Optional[int], str]:
+    """(NVML index of the device torch runs on, how it was matched) or (None, why not).
 
     torch's device 0 is not necessarily NVML's 0 (CUDA_VISIBLE_DEVICES, device
-    ordering), so match on UUID, then PCI bus id, and fall back to the first.
+    ordering), so match on UUID, then PCI bus id.  When neither matches, NVML's
+    only device is still the right one, but among several a guess would read
+    another GPU's power, clocks and energy (another tenant's, perhaps): none.
     """
 
     def norm_uuid(u: Optional[str]) -> Optional[str]:
@@ -304,13 +308,20 @@ def match_device(devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[
     if want:
         for d in devices:
             if norm_uuid(d.get("uuid")) == want:
-                return d["index"]
+                return d["index"], "uuid"
     if pci_bus_id:
         tail = pci_bus_id.lower()[-7:]  # "bb:dd.f" is common to the 8- and 4-digit domain forms
         for d in devices:
             if d.get("pci_bus_id") and d["pci_bus_id"].lower().endswith(tail):
-                return d["index"]
-    return devices[0]["index"] if devices else None
+                return d["index"], "pci_bus_id"
+    if not devices:
+        return None, "no NVML device to match CUDA device 0 with: no telemetry"
+    if len(devices) == 1:
+        return devices[0]["index"], "the only NVML device (UUID and PCI bus id did not match)"
+    return None, (
+        f"CUDA device 0 (UUID {uuid or '?'}, PCI {pci_bus_id or '?'}) matches none of {len(devices)} "
+        "NVML devices: no telemetry or energy rather than another GPU's"
+    )
 
 
 @dataclass

@@ -419,6 +419,7 @@ class Validation:
     nvml: Any = None
     nvml_index: Optional[int] = None
     nvml_note: Optional[str] = None
+    nvml_match: Optional[str] = None
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
@@ -715,7 +716,14 @@ def _cuda_checks(result: Validation, torch: Any, require_gpu: bool, environ: Map
         result.add(arch_check(dev["index"], dev["name"], (major, minor), arch_list))
     if result.torch_devices and result.nvml_devices:
         first = result.torch_devices[0]
-        result.nvml_index = nvml_mod.match_device(result.nvml_devices, first.get("uuid"), first.get("pci_bus_id"))
+        result.nvml_index, how = nvml_mod.match_device(
+            result.nvml_devices, first.get("uuid"), first.get("pci_bus_id")
+        )
+        if result.nvml_index is None:
+            result.nvml_note = how
+            result.add(Check("nvml.match", WARN, how, "report the GPU's `nvidia-smi -L` output with the fingerprint"))
+        else:
+            result.nvml_match = how
 
 
 def run(

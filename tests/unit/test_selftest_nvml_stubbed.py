@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from selftest import nvml, validate
+from selftest import nvml, probe, validate
 from selftest.check import FAIL, PASS, SKIP, WARN
 from selftest.imageinfo import ImageInfo
 
@@ -331,10 +331,30 @@ def test_match_device_by_uuid_then_pci():
         {"index": 0, "uuid": "GPU-aaaa", "pci_bus_id": "00000000:19:00.0"},
         {"index": 1, "uuid": "GPU-bbbb", "pci_bus_id": "00000000:3B:00.0"},
     ]
-    assert nvml.match_device(devices, "bbbb", None) == 1
-    assert nvml.match_device(devices, None, "0000:3b:00.0") == 1
-    assert nvml.match_device(devices, None, None) == 0
-    assert nvml.match_device([], "x", None) is None
+    assert nvml.match_device(devices, "bbbb", None) == (1, "uuid")
+    assert nvml.match_device(devices, None, "0000:3b:00.0") == (1, "pci_bus_id")
+    index, reason = nvml.match_device([], "x", None)
+    assert index is None and "no NVML device" in reason
+
+
+def test_stubbed_nvml_unmatched_device_among_several_gives_no_telemetry_with_the_reason(monkeypatch):
+    """torch's GPU matches neither UUID nor PCI bus id: NVML device 0 may be another tenant's GPU."""
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(), healthy_device(uuid="GPU-2222")]))
+    devices = nvml.all_devices(module)
+    index, reason = nvml.match_device(devices, "GPU-9999", "00000000:AA:00.0")
+    assert index is None
+    assert "GPU-9999" in reason and "2 NVML devices" in reason
+    validation = validate.Validation(nvml=module, nvml_devices=devices, nvml_index=index, nvml_note=reason)
+    telemetry = probe._telemetry_for(validation, "gpu")
+    summary = telemetry.summary()
+    assert summary["available"] is False and summary["note"] == reason
+
+
+def test_stubbed_nvml_single_unmatched_device_is_used_and_says_so(monkeypatch):
+    """One NVML device and one CUDA device: they are the same GPU even when the ids are spelled differently."""
+    module = install(monkeypatch, fake_pynvml())
+    index, how = nvml.match_device(nvml.all_devices(module), "GPU-9999", None)
+    assert index == 0 and "only" in how
 
 
 # ---------------------------------------------------------------- fallbacks between NVML function names
