@@ -251,8 +251,24 @@ def arch_check(index: int, name: str, capability: tuple[int, int], arch_list: li
 RETIRED_PAGES_WARN = 48  # NVIDIA's guidance treats ~60 retired pages as time for service
 
 
-def health_check(device: Mapping[str, Any]) -> Check:
-    """ECC, retired pages, remapped rows and throttling of one NVML device."""
+def health_check(device: Mapping[str, Any], under_test: bool = True) -> Check:
+    """ECC, retired pages, remapped rows and throttling of one NVML device.
+
+    A fault FAILs the run only on the GPU the workload runs on; on the others
+    (another tenant's, or one CUDA_VISIBLE_DEVICES hides) it is a warning.
+    """
+    check = _health_check(device)
+    if under_test or check.status != FAIL:
+        return check
+    return Check(check.id, WARN, f"{check.message} (not under test: warning only)", check.remedy)
+
+
+def health_checks(devices: list[Mapping[str, Any]], under_test: Optional[int]) -> list[Check]:
+    """One health check per NVML device; ``under_test`` is the NVML index the workload runs on."""
+    return [health_check(d, under_test is not None and d.get("index") == under_test) for d in devices]
+
+
+def _health_check(device: Mapping[str, Any]) -> Check:
     idx = device.get("index")
     name = device.get("name") or f"GPU {idx}"
     cid = f"gpu.{idx}.health"
@@ -595,8 +611,6 @@ def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]
             result.versions.get("torch_cuda"),
         )
     )
-    for device in result.nvml_devices:
-        result.add(health_check(device))
 
 
 def _torch_device_props(torch: Any, index: int) -> dict:
@@ -760,5 +774,6 @@ def run(
         _cuda_checks(result, torch, require_gpu, environ)
     elif require_gpu:
         result.add(Check("cuda.available", FAIL, "no GPU check possible: torch is not importable", "install torch"))
+    result.checks.extend(health_checks(result.nvml_devices, result.nvml_index))
     result.checks.extend(env_checks)
     return result

@@ -235,13 +235,32 @@ def test_driver_check_without_cuda_torch_is_skipped():
 # ---------------------------------------------------------------- health
 
 
-def test_stubbed_nvml_ecc_uncorrected_errors_fail(monkeypatch, no_torch):
+def test_stubbed_nvml_ecc_uncorrected_errors_fail_the_device_under_test(monkeypatch):
+    sick = healthy_device(ecc_errors=lambda kind, counter: 3 if counter == nvml.VOLATILE_ECC else 7)
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(), sick]))
+    devices = nvml.all_devices(module)
+    checks = {c.id: c for c in validate.health_checks(devices, under_test=1)}
+    assert checks["gpu.0.health"].status == PASS
+    bad = checks["gpu.1.health"]
+    assert bad.status == FAIL and "3 uncorrectable ECC" in bad.message and "reset" in bad.remedy
+
+
+def test_stubbed_nvml_ecc_errors_on_a_gpu_not_under_test_warn(monkeypatch):
+    """Another tenant's broken GPU must not fail this run: it is reported, as a warning."""
+    sick = healthy_device(ecc_errors=lambda kind, counter: 3, remapped=(0, 9, 0, 1))
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(), sick]))
+    checks = {c.id: c for c in validate.health_checks(nvml.all_devices(module), under_test=0)}
+    assert checks["gpu.0.health"].status == PASS
+    other = checks["gpu.1.health"]
+    assert other.status == WARN and "not under test" in other.message and "3 uncorrectable ECC" in other.message
+
+
+def test_stubbed_nvml_without_a_device_under_test_health_problems_warn(monkeypatch, no_torch):
     sick = healthy_device(ecc_errors=lambda kind, counter: 3 if counter == nvml.VOLATILE_ECC else 7)
     install(monkeypatch, fake_pynvml(devices=[healthy_device(), sick]))
     result = validate.run(ImageInfo(path="/absent"), environ={})
     assert check(result, "gpu.0.health").status == PASS
-    bad = check(result, "gpu.1.health")
-    assert bad.status == FAIL and "3 uncorrectable ECC" in bad.message and "reset" in bad.remedy
+    assert check(result, "gpu.1.health").status == WARN
 
 
 def test_stubbed_nvml_retired_pages_pending_warns(monkeypatch, no_torch):
