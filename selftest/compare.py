@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import EXIT_OK, EXIT_REGRESSION
+from . import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
 
 
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
@@ -82,10 +82,24 @@ class Comparison:
     incomparable: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
+    compared: int = 0  # throughput metrics measured in both fingerprints
+
+    @property
+    def nothing_compared(self) -> bool:
+        """No metric in both and nothing lost: a 'no regression' would claim what was never checked."""
+        return self.compared == 0 and not self.regressions
 
     @property
     def exit_code(self) -> int:
+        if self.nothing_compared:
+            return EXIT_USAGE
         return EXIT_REGRESSION if (self.regressions or self.incomparable) else EXIT_OK
+
+    def nothing_compared_line(self) -> str:
+        return (
+            "selftest compare: nothing to compare: no throughput metric "
+            f"({', '.join(label for label, _ in THROUGHPUT)}) was measured in both fingerprints"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +107,7 @@ class Comparison:
             "incomparable": self.incomparable,
             "changes": self.changes,
             "regressions": self.regressions,
+            "compared": self.compared,
             "exit_code": self.exit_code,
         }
 
@@ -113,6 +128,7 @@ def compare(old: dict, new: dict, tolerance: float = 0.10) -> Comparison:
         change: Optional[float] = None
         verdict = "n/a"
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0:
+            result.compared += 1
             change = b / a - 1.0
             if result.incomparable:
                 verdict = "not comparable"  # a drop between different setups is no regression

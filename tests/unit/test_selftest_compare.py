@@ -82,3 +82,28 @@ def test_tolerance_must_be_a_fraction(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(selftest_samples.sample_fingerprint()))
     assert main(["compare", str(good), str(good), "--tolerance", "10"]) == 2
+
+
+def test_compare_with_no_metric_in_both_fingerprints_is_not_a_success(tmp_path, capsys):
+    """Two runs without results (no torch, say) compare nothing: that is no 'no regression'."""
+    empty = {"gemm": None, "copy": None, "prefill": None, "decode": None}
+    doc = selftest_samples.variant(selftest_samples.sample_fingerprint(), results=empty)
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(doc))
+    new.write_text(json.dumps(doc))
+    assert main(["compare", str(old), str(new)]) == 2
+    captured = capsys.readouterr()
+    assert "no regression" not in captured.out
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1 and "nothing to compare" in lines[0]
+    assert main(["compare", str(old), str(new), "--json"]) == 2
+
+
+def test_compare_with_one_metric_in_both_compares_it():
+    old = selftest_samples.sample_fingerprint(decode_tps=10000.0)
+    new = selftest_samples.variant(
+        selftest_samples.sample_fingerprint(decode_tps=5000.0), **{"results.gemm": None, "results.copy": None}
+    )
+    old = selftest_samples.variant(old, **{"results.gemm": None, "results.copy": None, "results.prefill": None})
+    result = compare.compare(old, new)
+    assert result.compared == 1 and result.exit_code == 3
