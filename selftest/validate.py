@@ -8,6 +8,7 @@ values so they can be tested without torch or a GPU.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
@@ -177,16 +178,67 @@ def parse_major_minor(version: Optional[str]) -> Optional[tuple[int, int]]:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def driver_check(driver_version: Optional[str], cuda_driver: Optional[str], torch_cuda: Optional[str]) -> Check:
+def libcuda_info(
+    loader: Callable[[str], Any] = ctypes.CDLL, maps_text: Optional[str] = None
+) -> dict:
+    """The CUDA version of the libcuda this process loads (cuDriverGetVersion), and its file.
+
+    NVML reports what the kernel driver supports.  With NVIDIA's forward
+    compatibility package (cuda-compat) on the library path, the user-mode
+    libcuda is newer than that, and it is libcuda that torch talks to.
+    cuDriverGetVersion needs no cuInit, so reading it costs nothing.
+    """
+    info: dict = {"libcuda_cuda_version": None, "libcuda_cuda_version_code": None, "libcuda_path": None}
+    try:
+        lib = loader("libcuda.so.1")
+        code = ctypes.c_int(0)
+        status = lib.cuDriverGetVersion(ctypes.byref(code))
+    except (OSError, AttributeError):
+        return info
+    if status != 0 or code.value <= 0:
+        return info
+    info["libcuda_cuda_version_code"] = code.value
+    info["libcuda_cuda_version"] = nvml_mod.cuda_version_text(code.value)
+    if maps_text is None:
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+                maps_text = fh.read()
+        except OSError:
+            maps_text = ""
+    for line in maps_text.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if "/libcuda.so" in path:
+            info["libcuda_path"] = path
+            break
+    return info
+
+
+def driver_check(
+    driver_version: Optional[str],
+    cuda_driver: Optional[str],
+    torch_cuda: Optional[str],
+    libcuda_cuda: Optional[str] = None,
+) -> Check:
     """The driver must support at least the CUDA version torch was built with.
 
-    Within one major version CUDA's minor-version compatibility lets a newer
-    runtime run on an older driver, minus features that need the newer driver
-    (and PTX JIT), so that is a warning; an older major version is a failure.
+    ``cuda_driver`` is what NVML says the kernel driver supports;
+    ``libcuda_cuda`` what the loaded libcuda says (cuDriverGetVersion).  When
+    libcuda is newer, the forward-compatibility libraries are in use and they
+    decide.  Within one major version CUDA's minor-version compatibility lets a
+    newer runtime run on an older driver, minus features that need the newer
+    driver (and PTX JIT), so that is a warning; an older major version is a failure.
     """
-    have = parse_major_minor(cuda_driver)
+    kernel = parse_major_minor(cuda_driver)
+    library = parse_major_minor(libcuda_cuda)
     need = parse_major_minor(torch_cuda)
+    forward = kernel is not None and library is not None and library > kernel
+    have = library if forward else kernel
     label = f"driver {driver_version or '?'} (supports CUDA {cuda_driver or '?'})"
+    if forward:
+        label = (
+            f"forward compatibility active: libcuda supports CUDA {libcuda_cuda} "
+            f"on kernel driver {driver_version or '?'} (CUDA {cuda_driver})"
+        )
     if have is None or need is None:
         return Check("nvml.driver", SKIP, f"{label}; torch CUDA {torch_cuda or 'none'}: nothing to compare")
     if have >= need:
@@ -572,7 +624,9 @@ def _version_checks(result: Validation, image: ImageInfo, torch: Any) -> None:
             result.add(version_check(check_id, what, v.get(key), image, label, 3, rebuild_env))
 
 
-def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]) -> None:
+def _nvml_checks(
+    result: Validation, image: ImageInfo, loader: Callable[[], Any], libcuda_reader: Callable[[], dict]
+) -> None:
     try:
         nv = loader()
     except nvml_mod.NvmlUnavailable as exc:
@@ -585,6 +639,7 @@ def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]
     result.nvml = nv
     try:
         result.driver = nvml_mod.system_info(nv)
+        result.driver.update(libcuda_reader())
         result.nvml_devices = nvml_mod.all_devices(nv)
     except nvml_mod.GpuLost as exc:
         result.add(
@@ -609,6 +664,7 @@ def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]
             result.driver.get("driver_version"),
             result.driver.get("cuda_driver_version"),
             result.versions.get("torch_cuda"),
+            result.driver.get("libcuda_cuda_version"),
         )
     )
 
@@ -745,6 +801,7 @@ def run(
     require_gpu: bool = False,
     nvml_loader: Callable[[], Any] = nvml_mod.load,
     environ: Optional[Mapping[str, str]] = None,
+    libcuda_reader: Callable[[], dict] = libcuda_info,
 ) -> Validation:
     """All validation checks; never raises for a broken environment."""
     environ = os.environ if environ is None else environ
@@ -769,7 +826,7 @@ def run(
     result.torch_ok = torch is not None
     _versions(result, torch)
     _version_checks(result, image, torch)
-    _nvml_checks(result, image, nvml_loader)
+    _nvml_checks(result, image, nvml_loader, libcuda_reader)
     if torch is not None:
         _cuda_checks(result, torch, require_gpu, environ)
     elif require_gpu:

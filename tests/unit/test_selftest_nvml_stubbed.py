@@ -405,3 +405,47 @@ def test_stubbed_nvml_not_supported_is_an_answer_not_a_reason_to_try_the_next_na
     module.nvmlSystemGetCudaDriverVersion = lambda: calls.append("v1") or 12040
     assert nvml.system_info(module)["cuda_driver_version"] is None
     assert calls == ["v2"]
+
+
+# ---------------------------------------------------------------- forward compatibility (cuda-compat)
+
+
+class FakeLibcuda:
+    """Stands in for ctypes.CDLL('libcuda.so.1'): cuDriverGetVersion writes ``version``."""
+
+    def __init__(self, version, status=0):
+        self.version, self.status = version, status
+
+    def cuDriverGetVersion(self, pointer):  # noqa: N802 - the CUDA driver API's name
+        pointer._obj.value = self.version
+        return self.status
+
+
+def test_stubbed_libcuda_driver_version_is_read_with_cuDriverGetVersion():
+    info = validate.libcuda_info(loader=lambda name: FakeLibcuda(12080), maps_text="7f00 r-xp /usr/local/cuda/compat/libcuda.so.570.1\n")
+    assert info == {
+        "libcuda_cuda_version": "12.8",
+        "libcuda_cuda_version_code": 12080,
+        "libcuda_path": "/usr/local/cuda/compat/libcuda.so.570.1",
+    }
+    assert validate.libcuda_info(loader=lambda name: FakeLibcuda(12080, status=100))["libcuda_cuda_version"] is None
+
+    def no_library(name):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    assert validate.libcuda_info(loader=no_library)["libcuda_cuda_version"] is None
+
+
+def test_stubbed_nvml_forward_compat_libcuda_newer_than_the_kernel_driver_is_reported_not_warned(monkeypatch):
+    """Kernel driver 535 (CUDA 12.2) with the cuda-compat 12.8 libcuda: torch cu128 runs, no warning is due."""
+    module = install(monkeypatch, fake_pynvml(driver="535.183.01", cuda_driver=12020))
+    info = nvml.system_info(module)
+    info.update(validate.libcuda_info(loader=lambda name: FakeLibcuda(12080), maps_text=""))
+    result = validate.driver_check(
+        info["driver_version"], info["cuda_driver_version"], "12.8", info["libcuda_cuda_version"]
+    )
+    assert result.status == PASS and "forward compatibility active" in result.message
+    assert "12.2" in result.message and "12.8" in result.message
+    # without the compat libraries the same kernel driver is too old for a 12.8 runtime: a warning, as before
+    assert validate.driver_check(info["driver_version"], "12.2", "12.8", "12.2").status == WARN
+    assert validate.driver_check(info["driver_version"], "12.2", "12.8", None).status == WARN
