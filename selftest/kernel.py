@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import roofline
 from .check import FAIL, PASS, WARN, Check
@@ -135,6 +135,28 @@ def measure_copy(torch: Any, timer: Timer, device: str, nbytes: int, w: Workload
     return result, check
 
 
+def extend_window(
+    timer: Any,
+    fn: Callable[[], Any],
+    started: float,
+    min_seconds: float,
+    max_calls: int = 100_000,
+    clock: Callable[[], float] = time.perf_counter,
+) -> int:
+    """Repeat ``fn`` (synchronised) until ``min_seconds`` have passed since ``started``; the calls it made.
+
+    An energy window must last long enough for NVML's energy counter (refreshed
+    every 20-100 ms) to measure it: a prefill of ~10 ms repeated ten times is
+    far too short, so the same work is repeated inside the window.
+    """
+    calls = 0
+    while clock() - started < min_seconds and calls < max_calls:
+        fn()
+        timer.sync()
+        calls += 1
+    return calls
+
+
 def _capture_graph(torch: Any, model: Decoder) -> tuple[Any, Any]:
     """Capture one decode step in a CUDA graph; returns the graph and its logits tensor.
 
@@ -190,12 +212,17 @@ def measure_decoder(
     def prefill() -> Any:
         return model.prefill(prompt)
 
+    # Energy windows: the timed repetitions, then the same work again until the
+    # window is long enough for the energy counter (none on the CPU or in --quick).
+    window_s = w.energy_window_s if telemetry.measures_energy else 0.0
     timer.warmup(prefill, max(1, w.warmup_iters // 2), w.warmup_seconds)
     timer.sync()
+    started = time.perf_counter()
     telemetry.begin_phase("prefill")
     prefill_seconds = timer.time_each(prefill, w.prefill_iters)
     timer.sync()
-    telemetry.end_phase("prefill", w.prefill_iters * s.batch * s.prompt_len)
+    extra = extend_window(timer, prefill, started, window_s)
+    telemetry.end_phase("prefill", (w.prefill_iters + extra) * s.batch * s.prompt_len)
     first = model.prefill(prompt).argmax(dim=-1)
 
     # Decode: a CUDA graph on the GPU removes per-kernel launch cost, which
@@ -218,13 +245,19 @@ def measure_decoder(
     model.start_decode(first, s.prompt_len)
     decode_run()
     timer.sync()
+    def fresh_decode_run() -> None:
+        model.start_decode(first, s.prompt_len)
+        decode_run()
+
     run_seconds = []
+    started = time.perf_counter()
     telemetry.begin_phase("decode")
     for _ in range(w.decode_runs):
         model.start_decode(first, s.prompt_len)
         run_seconds.append(timer.time_once(decode_run))
     timer.sync()
-    telemetry.end_phase("decode", w.decode_runs * s.batch * s.new_tokens)
+    extra = extend_window(timer, fresh_decode_run, started, window_s)
+    telemetry.end_phase("decode", (w.decode_runs + extra) * s.batch * s.new_tokens)
 
     model.start_decode(first, s.prompt_len)
     last_logits = model.decode_step()

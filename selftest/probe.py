@@ -87,20 +87,25 @@ def _telemetry_for(validation: validate.Validation, mode: str) -> Any:
         return nvml.NullTelemetry("CPU run: no GPU telemetry or energy counter")
     if validation.nvml is None or validation.nvml_index is None:
         return nvml.NullTelemetry(validation.nvml_note or "NVML not available: no telemetry")
+    device = next((d for d in validation.nvml_devices if d.get("index") == validation.nvml_index), {})
+    cuda_uuid = (validation.torch_devices[0].get("uuid") or "") if validation.torch_devices else ""
+    mig = bool(device.get("mig_enabled")) or cuda_uuid.upper().startswith("MIG-")
     try:
-        return nvml.TelemetrySampler(validation.nvml, validation.nvml_index)
+        return nvml.TelemetrySampler(
+            validation.nvml, validation.nvml_index, energy_blocked=nvml.MIG_ENERGY_NOTE if mig else None
+        )
     except Exception as exc:
         return nvml.NullTelemetry(f"NVML telemetry unavailable: {exc}")
 
 
 def _throttle_check(telemetry: dict) -> Optional[Check]:
-    after = telemetry.get("after") or {}
-    bad = nvml.harmful_throttle_reasons(after.get("throttle_mask"))
+    """Harmful throttle reasons seen in any sample of the run (the union of the masks)."""
+    bad = nvml.harmful_throttle_reasons(telemetry.get("throttle_mask_seen"))
     if bad:
         return Check(
             "gpu.throttle",
             WARN,
-            f"clocks held down after the workload: {', '.join(bad)}",
+            f"clocks held down during the workload: {', '.join(bad)}",
             "check cooling and power (`nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER`)",
         )
     return None

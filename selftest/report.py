@@ -106,14 +106,21 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
     if tel.get("available"):
         power = tel.get("power_w") or {}
         util = tel.get("utilization_gpu_pct") or {}
+        energy = (
+            f"energy {num(tel.get('energy_j'), 1)} J ({tel.get('energy_method')})"
+            if tel.get("energy_j") is not None
+            else f"energy n/a ({tel.get('energy_note') or 'not measured'})"
+        )
         rows.append(
             (
                 "telemetry",
                 f"power mean {num(power.get('mean'), 0)} W / max {num(power.get('max'), 0)} W, "
-                f"GPU busy {num(util.get('mean'), 0)}%, energy {num(tel.get('energy_j'), 1)} J "
-                f"({tel.get('energy_method') or 'n/a'})",
+                f"GPU busy {num(util.get('mean'), 0)}%, {energy}",
             )
         )
+        for name, phase in (tel.get("phases") or {}).items():
+            if phase.get("energy_j") is None and phase.get("energy_note"):
+                rows.append((f"energy {name}", f"n/a: {phase['energy_note']}"))
     else:
         rows.append(("telemetry", tel.get("note") or "not available"))
     cost = doc.get("cost") or {}

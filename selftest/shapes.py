@@ -73,6 +73,10 @@ class Workload:
     decode_runs: int
     warmup_iters: int
     warmup_seconds: float
+    # Energy windows are stretched to this length (repeating the phase's work) so
+    # that NVML's energy counter can measure them; 0 leaves them as timed (--quick,
+    # where energy is then reported as null with the reason).
+    energy_window_s: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,6 +107,7 @@ WORKLOADS = {
         decode_runs=5,
         warmup_iters=5,
         warmup_seconds=0.5,
+        energy_window_s=1.1,  # NVML's 1 s minimum with a margin for the sampler's own clock reads
     ),
     ("gpu", True): Workload(
         gemm_n=4096,

@@ -81,6 +81,7 @@ def fake_pynvml(init_error=None, driver="570.133.20", cuda_driver=12080, devices
         "nvmlDeviceGetPowerUsage": "power",
         "nvmlDeviceGetTotalEnergyConsumption": "energy",
         "nvmlDeviceGetUtilizationRates": "util",
+        "nvmlDeviceGetMigMode": "mig_mode",
     }
     for function, key in table.items():
         setattr(m, function, lambda h, *extra, _k=key: answer(h, _k, *extra))
@@ -301,6 +302,34 @@ def test_stubbed_nvml_thermal_throttling_warns(monkeypatch):
 # ---------------------------------------------------------------- telemetry
 
 
+class FakeClock:
+    """perf_counter for the sampler: time passes only when a test says so."""
+
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def sampler_for(monkeypatch, clock, **device):
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(**device)]))
+    return nvml.TelemetrySampler(module, 0, interval_s=0.1, clock=clock)
+
+
+def run_phase(sampler, clock, name, seconds, tokens, samples=10):
+    """A phase of ``seconds`` with ``samples`` evenly spaced samples (no background thread)."""
+    sampler.begin_phase(name)
+    for _ in range(samples):
+        clock.advance(seconds / samples)
+        sampler.sample_once()
+    sampler.end_phase(name, tokens)
+    return sampler.phases[name]
+
+
 def test_stubbed_nvml_telemetry_energy_from_counter(monkeypatch):
     counter = {"mj": 5_000_000}
 
@@ -308,22 +337,18 @@ def test_stubbed_nvml_telemetry_energy_from_counter(monkeypatch):
         counter["mj"] += 250_000  # every read: +250 J
         return counter["mj"]
 
-    module = install(
-        monkeypatch,
-        fake_pynvml(
-            devices=[healthy_device(energy=energy, power=500000, util=types.SimpleNamespace(gpu=97, memory=60))]
-        ),
+    clock = FakeClock()
+    sampler = sampler_for(
+        monkeypatch, clock, energy=energy, power=500000, util=types.SimpleNamespace(gpu=97, memory=60)
     )
-    sampler = nvml.TelemetrySampler(module, 0, interval_s=0.01)
-    sampler.start()
-    sampler.begin_phase("decode")
-    sampler.end_phase("decode", tokens=1000)
+    sampler.start(background=False)
+    phase = run_phase(sampler, clock, "decode", seconds=1.5, tokens=1000)
     sampler.stop()
     summary = sampler.summary()
-    phase = summary["phases"]["decode"]
-    assert phase["energy_method"] == "counter"
+    assert phase["energy_method"] == "counter" and phase["energy_note"] is None
     assert phase["energy_j"] == pytest.approx(250.0)
     assert phase["joules_per_token"] == pytest.approx(0.25)
+    assert phase["power_w"] == pytest.approx(500.0)
     assert summary["energy_method"] == "counter" and summary["energy_j"] > 0
     assert summary["samples"] >= 1 and summary["power_w"]["max"] == 500.0
     assert summary["utilization_gpu_pct"]["max"] == 97
@@ -331,18 +356,79 @@ def test_stubbed_nvml_telemetry_energy_from_counter(monkeypatch):
 
 
 def test_stubbed_nvml_telemetry_without_energy_counter_integrates_power(monkeypatch):
-    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(energy=NOT_SUPPORTED, power=400000)]))
-    sampler = nvml.TelemetrySampler(module, 0, interval_s=0.01)
-    sampler.start()
-    sampler.begin_phase("prefill")
-    import time
-
-    time.sleep(0.05)
-    sampler.end_phase("prefill", tokens=10)
-    sampler.stop()
-    phase = sampler.summary()["phases"]["prefill"]
+    clock = FakeClock()
+    sampler = sampler_for(monkeypatch, clock, energy=NOT_SUPPORTED, power=400000)
+    sampler.start(background=False)
+    phase = run_phase(sampler, clock, "prefill", seconds=1.2, tokens=10)
     assert phase["energy_method"] == "power_samples"
     assert phase["energy_j"] == pytest.approx(400.0 * phase["seconds"])
+
+
+def test_stubbed_nvml_energy_counter_that_did_not_move_is_not_zero_joules(monkeypatch):
+    """The counter updates every 20-100 ms: an unchanged reading is no measurement of 0 J."""
+    clock = FakeClock()
+    sampler = sampler_for(monkeypatch, clock, energy=7_000_000, power=NOT_SUPPORTED)
+    sampler.start(background=False)
+    phase = run_phase(sampler, clock, "prefill", seconds=1.5, tokens=4096)
+    assert phase["energy_j"] is None and phase["joules_per_token"] is None
+    assert "did not advance" in phase["energy_note"]
+
+
+def test_stubbed_nvml_energy_of_a_window_shorter_than_one_second_is_null_with_the_reason(monkeypatch):
+    counter = {"mj": 1_000_000}
+
+    def energy():
+        counter["mj"] += 40_000
+        return counter["mj"]
+
+    clock = FakeClock()
+    sampler = sampler_for(monkeypatch, clock, energy=energy)
+    sampler.start(background=False)
+    phase = run_phase(sampler, clock, "prefill", seconds=0.08, tokens=40960, samples=1)  # an H200's prefill
+    assert phase["energy_j"] is None and phase["joules_per_token"] is None
+    assert "shorter than 1 s" in phase["energy_note"]
+    assert nvml.MIN_ENERGY_WINDOW_S == 1.0
+
+
+def test_stubbed_nvml_throttle_reasons_are_sampled_during_the_run(monkeypatch):
+    """Thermal slowdown while the GPU works, gone once it idles: the union reports it."""
+    state = {"mask": 0x1}
+    clock = FakeClock()
+    sampler = sampler_for(monkeypatch, clock, throttle=lambda: state["mask"])
+    sampler.start(background=False)
+    state["mask"] = 0x40 | 0x4  # under load: hw thermal slowdown and the software power cap
+    sampler.sample_once()
+    state["mask"] = 0x1  # idle again when the workload has ended
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["after"]["throttle_reasons"] == ["gpu_idle"]
+    assert summary["throttle_reasons_seen"] == ["gpu_idle", "sw_power_cap", "hw_thermal_slowdown"]
+    warning = probe._throttle_check(summary)
+    assert warning is not None and warning.status == WARN and "hw_thermal_slowdown" in warning.message
+
+
+def test_stubbed_nvml_mig_slice_reports_no_energy_with_the_reason(monkeypatch):
+    """On a MIG slice NVML's power and energy are the whole GPU's: every tenant's work, not this run's."""
+    counter = {"mj": 1_000_000}
+
+    def energy():
+        counter["mj"] += 500_000
+        return counter["mj"]
+
+    module = install(monkeypatch, fake_pynvml(devices=[healthy_device(energy=energy, mig_mode=(1, 1))]))
+    devices = nvml.all_devices(module)
+    assert devices[0]["mig_enabled"] is True
+    validation = validate.Validation(nvml=module, nvml_devices=devices, nvml_index=0)
+    sampler = probe._telemetry_for(validation, "gpu")
+    clock = FakeClock()
+    sampler.clock = clock
+    sampler.start(background=False)
+    phase = run_phase(sampler, clock, "decode", seconds=2.0, tokens=1000)
+    sampler.stop()
+    summary = sampler.summary()
+    assert phase["energy_j"] is None and "MIG" in phase["energy_note"]
+    assert summary["energy_j"] is None and "MIG" in summary["energy_note"]
+    assert summary["power_scope"] == "parent GPU (all MIG tenants)"
 
 
 def test_match_device_by_uuid_then_pci():
