@@ -67,7 +67,15 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
     copy = res.get("copy")
     if copy:
         g = copy["gb_per_s"]
-        rows.append(("copy (read+write)", f"{num(g['median'])} GB/s over a {copy['bytes'] / 2**20:.0f} MiB buffer"))
+        once = copy.get("gb_per_s_bytes_once")
+        method = f", {copy['method']} (the faster of copy_ and an SM kernel)" if copy.get("method") else ""
+        rows.append(
+            (
+                "copy (read+write)",
+                f"{num(g['median'])} GB/s over a {copy['bytes'] / 2**20:.0f} MiB buffer{method}"
+                + (f"; {num(once)} GB/s counting bytes once (nvbandwidth)" if once else ""),
+            )
+        )
     dec = wl.get("decoder") or {}
     prefill = res.get("prefill")
     if prefill:

@@ -56,3 +56,162 @@ def test_full_gpu_workload_stretches_energy_windows_past_nvml_minimum_and_quick_
 @pytest.mark.parametrize("mode,quick", [("cpu", False), ("cpu", True)])
 def test_cpu_workloads_have_no_energy_window(mode, quick):
     assert workload_for(mode, quick).energy_window_s == 0.0
+
+
+# ---------------------------------------------------------------- fake torch for the copy check
+
+
+class FakeTensor:
+    """A float32 vector as a Python list: enough of torch.Tensor for measure_copy."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def copy_(self, src):
+        self.values[:] = src.values
+        return self
+
+    def fill_(self, value):
+        self.values = [value] * len(self.values)
+        return self
+
+    def __getitem__(self, index):
+        return FakeTensor(self.values[index])
+
+
+class FakeCopyTorch:
+    """torch for measure_copy; ``broken`` makes copy_ write only the second half of the buffer."""
+
+    float32 = "float32"
+
+    def __init__(self, broken=False):
+        self.broken = broken
+
+    def arange(self, count, device=None, dtype=None):
+        return FakeTensor(float(i) for i in range(count))
+
+    def empty_like(self, t):
+        tensor = FakeTensor([0.0] * len(t.values))
+        if self.broken:
+            def half_copy(src):  # a copy that drops the first half (a bad DMA, say)
+                half = len(src.values) // 2
+                tensor.values[half:] = src.values[half:]
+                return tensor
+
+            tensor.copy_ = half_copy
+        return tensor
+
+    def mul(self, a, scalar, out):
+        out.values[:] = [v * scalar for v in a.values]
+        return out
+
+    def equal(self, a, b):
+        return a.values == b.values
+
+
+class StepTimer(FakeTimer):
+    """Every timed call takes ``seconds``."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def warmup(self, fn, iters, seconds=0.0):
+        for _ in range(iters):
+            fn()
+
+    def time_each(self, fn, iters):
+        for _ in range(iters):
+            fn()
+        return [self.seconds] * iters
+
+
+def test_copy_check_compares_the_whole_buffer_fake_torch():
+    """A copy that corrupts the first half must fail, not only one whose last 4,096 floats differ."""
+    w = workload_for("cpu", quick=True)
+    nbytes = 4 * 4 * 4096  # 16,384 floats: the corrupted half lies outside the last 4,096
+    good, check = kernel.measure_copy(FakeCopyTorch(), StepTimer(1e-3), "cpu", nbytes, w)
+    assert check.status == "pass" and good["correct"] and "every element" in check.message
+    bad, check = kernel.measure_copy(FakeCopyTorch(broken=True), StepTimer(1e-3), "cpu", nbytes, w)
+    assert check.status == "fail" and not bad["correct"]
+    assert bad["methods"]["copy_"]["correct"] is False and bad["methods"]["sm_kernel"]["correct"] is True
+
+
+def test_copy_reports_read_plus_write_and_the_nvbandwidth_convention_fake_torch():
+    w = workload_for("cpu", quick=True)
+    result, _ = kernel.measure_copy(FakeCopyTorch(), StepTimer(2e-3), "cpu", 4 * 1024, w)
+    # 4 KiB read + 4 KiB written in 2 ms
+    assert result["gb_per_s"]["median"] == pytest.approx(2 * 4096 / 2e-3 / 1e9)
+    assert result["gb_per_s_bytes_once"] == pytest.approx(4096 / 2e-3 / 1e9)
+    assert result["bytes_counted"] == "read + write"
+    assert set(result["methods"]) == {"copy_", "sm_kernel"} and result["method"] in result["methods"]
+
+
+# ---------------------------------------------------------------- fake device properties
+
+
+MIB = 2**20
+GIB = 2**30
+
+
+class FakeCuda:
+    def __init__(self, props, free, total):
+        self.props, self.free, self.total = props, free, total
+
+    def get_device_properties(self, index):
+        return self.props
+
+    def mem_get_info(self, index):
+        return self.free, self.total
+
+
+class FakeDeviceTorch:
+    def __init__(self, name, capability, l2_bytes, free, total):
+        props = type("Props", (), {"name": name, "major": capability[0], "minor": capability[1]})()
+        if l2_bytes is not None:
+            props.L2_cache_size = l2_bytes
+        self.cuda = FakeCuda(props, free, total)
+
+
+def test_gpu_without_bf16_runs_float16_and_says_so_fake_device_properties():
+    for name, cc in (("Tesla T4", (7, 5)), ("Tesla V100-SXM2-32GB", (7, 0))):
+        setup = kernel.gpu_setup(FakeDeviceTorch(name, cc, 6 * MIB, 14 * GIB, 16 * GIB), 0, 2048 * MIB)
+        assert setup.dtype == "float16"
+        assert name in setup.dtype_note and "no bf16" in setup.dtype_note
+    h200 = kernel.gpu_setup(FakeDeviceTorch("NVIDIA H200", (9, 0), 60 * MIB, 139 * GIB, 140 * GIB), 0, 2048 * MIB)
+    assert h200.dtype == "bfloat16" and h200.dtype_note is None
+
+
+def test_copy_buffer_is_floored_at_16x_l2_fake_device_properties():
+    # little free memory: the old rule shrank the buffer to 64 MiB, about an H100's 50 MiB L2
+    setup = kernel.gpu_setup(FakeDeviceTorch("NVIDIA H100 80GB HBM3", (9, 0), 50 * MIB, 4 * GIB, 80 * GIB), 0, 2048 * MIB)
+    assert setup.copy_bytes == 16 * 50 * MIB and "16x the L2" in setup.copy_note
+    # the quick run's 512 MiB buffer is under 16x an H200's 60 MiB L2: raised
+    quick = kernel.gpu_setup(FakeDeviceTorch("NVIDIA H200", (9, 0), 60 * MIB, 139 * GIB, 140 * GIB), 0, 512 * MIB)
+    assert quick.copy_bytes == 960 * MIB
+    # plenty of memory: the workload's size
+    full = kernel.gpu_setup(FakeDeviceTorch("NVIDIA H200", (9, 0), 60 * MIB, 139 * GIB, 140 * GIB), 0, 2048 * MIB)
+    assert full.copy_bytes == 2048 * MIB and full.copy_note is None
+
+
+def test_copy_is_skipped_with_a_warning_when_a_large_enough_buffer_does_not_fit_fake_device_properties():
+    setup = kernel.gpu_setup(FakeDeviceTorch("NVIDIA H100 80GB HBM3", (9, 0), 50 * MIB, 1 * GIB, 80 * GIB), 0, 2048 * MIB)
+    assert setup.copy_bytes is None and "copy skipped" in setup.copy_note and "cache" in setup.copy_note
+
+
+def test_unknown_l2_size_assumes_a_large_one_fake_device_properties():
+    setup = kernel.gpu_setup(FakeDeviceTorch("Some GPU", (9, 0), None, 100 * GIB, 100 * GIB), 0, 512 * MIB)
+    assert setup.copy_bytes == kernel.L2_FLOOR_FACTOR * kernel.UNKNOWN_L2_BYTES
+
+
+@pytest.mark.parametrize("key", ["copy_efficiency_datasheet", "gemm_efficiency_datasheet", "decode_bandwidth_efficiency_datasheet"])
+def test_efficiency_above_the_datasheet_fails_the_measurement(key):
+    roof = {"datasheet": {"name": "H100 SXM"}, key: 1.12}
+    (check,) = kernel.datasheet_checks(roof)
+    assert check.status == "fail" and "112%" in check.message and "wrong" in check.message
+
+
+def test_efficiency_at_or_below_the_datasheet_passes_or_warns():
+    roof = {"datasheet": {"name": "H200 SXM"}, "copy_efficiency_datasheet": 0.89, "gemm_efficiency_datasheet": 0.3}
+    statuses = {c.id: c.status for c in kernel.datasheet_checks(roof)}
+    assert statuses == {"perf.copy": "pass", "perf.gemm": "warn"}
