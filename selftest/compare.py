@@ -27,6 +27,8 @@ def _get(doc: Any, path: tuple[str, ...]) -> Any:
 # (label, path to a "higher is better" number)
 THROUGHPUT = (
     ("gemm TFLOP/s", ("results", "gemm", "tflops", "median")),
+    ("gemm sustained TFLOP/s", ("results", "gemm", "sustained", "tflops")),
+    ("gemm best-shape TFLOP/s", ("results", "gemm", "sweep", "best", "tflops")),
     ("copy GB/s", ("results", "copy", "gb_per_s", "median")),
     ("prefill tokens/s", ("results", "prefill", "tokens_per_second")),
     ("decode tokens/s", ("results", "decode", "tokens_per_second", "median")),
@@ -71,6 +73,9 @@ INFORMATIONAL = (
     ("Python", ("environment", "versions", "python")),
     ("driver", ("environment", "driver", "driver_version")),
     ("copy buffer bytes", ("workload", "copy", "bytes")),
+    ("copy method", ("results", "copy", "method")),
+    ("GEMM sweep sizes", ("workload", "gemm", "sweep")),
+    ("GEMM sustained seconds", ("workload", "gemm", "sustain_s")),
     ("decode CUDA graph", ("results", "decode", "cuda_graph")),
     ("GPU-hour price", ("cost", "gpu_hour_usd")),
 )

@@ -58,8 +58,77 @@ def _error_check(check_id: str, what: str, exc: BaseException) -> Check:
     return Check(check_id, FAIL, f"{what} failed: {type(exc).__name__}: {text}", remedy)
 
 
-def measure_gemm(torch: Any, timer: Timer, device: str, dtype: Any, w: Workload) -> tuple[dict, Check]:
-    """n x n x n matrix product: FLOP rate, and correctness against float64 on a slice."""
+def sweep_shapes(sizes: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Every (m, n, k) with each dimension taken from ``sizes`` (a MAMF-finder-style grid)."""
+    return [(m, n, k) for m in sizes for n in sizes for k in sizes]
+
+
+def gemm_sweep(
+    torch: Any, timer: Timer, device: str, dtype: Any, sizes: tuple[int, ...], iters: int
+) -> Optional[dict]:
+    """The best rate over a small grid of shapes: the maximum achievable matmul FLOP/s (MAMF).
+
+    One shape's rate depends on how its tiles fit the SMs (wave quantisation);
+    the best of a few nearby shapes is what the hardware and library can do.
+    """
+    if not sizes:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(SEED + 2)
+    rows = []
+    for m, n, k in sweep_shapes(sizes):
+        a = torch.randn(m, k, generator=gen, device=device, dtype=dtype)
+        b = torch.randn(k, n, generator=gen, device=device, dtype=dtype)
+        c = torch.empty(m, n, device=device, dtype=dtype)
+
+        def op() -> None:
+            torch.mm(a, b, out=c)
+
+        timer.warmup(op, 2)
+        seconds = summarize(timer.time_each(op, iters))["median"]
+        rows.append({"m": m, "n": n, "k": k, "seconds": seconds, "tflops": 2.0 * m * n * k / seconds / 1e12})
+        del a, b, c
+    best = max(rows, key=lambda r: r["tflops"])
+    return {"sizes": list(sizes), "iters": iters, "shapes": rows, "best": dict(best)}
+
+
+def gemm_sustained(
+    timer: Timer, op: Callable[[], Any], flops: float, burst_seconds: float, min_seconds: float, telemetry: Any
+) -> Optional[dict]:
+    """The reference GEMM held back to back for ``min_seconds``: its rate once clocks settle under load.
+
+    A short burst can run at boost clocks a GPU cannot hold at its power
+    limit; the sustained rate (and the SM clock sampled during it) is what a
+    long job gets.  Chunks of ~0.1 s are timed with events; the GPU never idles.
+    """
+    if min_seconds <= 0:
+        return None
+    per_chunk = max(1, round(0.1 / burst_seconds)) if burst_seconds > 0 else 1
+    telemetry.begin_phase("gemm_sustained")
+    chunks = timer.time_chunks(op, per_chunk, min_seconds, during=telemetry.sample_once)
+    telemetry.end_phase("gemm_sustained", 0)
+    phase = telemetry.phases.get("gemm_sustained") or {}
+    total = sum(chunks)
+    rates = [flops * per_chunk / c / 1e12 for c in chunks]
+    second_half = rates[len(rates) // 2 :]
+    return {
+        "seconds": total,
+        "iters": per_chunk * len(chunks),
+        "chunk_iters": per_chunk,
+        "tflops": flops * per_chunk * len(chunks) / total / 1e12,
+        "tflops_second_half": sum(second_half) / len(second_half),
+        "chunk_tflops": summarize(rates),
+        "sm_clock_mhz": phase.get("sm_clock_mhz"),
+        "power_w": phase.get("power_w"),
+        "energy_j": phase.get("energy_j"),
+        "energy_note": phase.get("energy_note"),
+    }
+
+
+def measure_gemm(
+    torch: Any, timer: Timer, device: str, dtype: Any, w: Workload, telemetry: Any
+) -> tuple[dict, Check]:
+    """n x n x n matrix product: burst and sustained FLOP rate, a shape sweep, and correctness against float64."""
     n = w.gemm_n
     gen = torch.Generator(device=device)
     gen.manual_seed(SEED)
@@ -71,7 +140,9 @@ def measure_gemm(torch: Any, timer: Timer, device: str, dtype: Any, w: Workload)
         torch.mm(a, b, out=c)
 
     timer.warmup(op, w.warmup_iters, w.warmup_seconds)
-    seconds = timer.time_each(op, w.gemm_iters)
+    telemetry.begin_phase("gemm_burst")
+    seconds = timer.time_each(op, w.gemm_iters, during=telemetry.sample_once)
+    telemetry.end_phase("gemm_burst", 0)
     flops = roofline.gemm_flops(n)
     k = min(GEMM_CHECK_SLICE, n)
     reference = a[:k].double() @ b[:, :k].double()
@@ -87,7 +158,19 @@ def measure_gemm(torch: Any, timer: Timer, device: str, dtype: Any, w: Workload)
         "rel_error": error if error == error else None,
         "tolerance": tolerance,
         "correct": correct,
+        "sm_clock_mhz": (telemetry.phases.get("gemm_burst") or {}).get("sm_clock_mhz"),
     }
+    # The sweep and the sustained run add figures; their failure (out of memory, say) must not lose the burst's.
+    for key, extra in (
+        ("sweep", lambda: gemm_sweep(torch, timer, device, dtype, w.gemm_sweep, w.gemm_sweep_iters)),
+        ("sustained", lambda: gemm_sustained(timer, op, flops, result["seconds"]["median"], w.gemm_sustain_s, telemetry)),
+    ):
+        try:
+            result[key] = extra()
+        except Exception as exc:
+            result[key] = None
+            result[f"{key}_error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            timer.sync()
     if correct:
         check = Check(
             "kernel.gemm", PASS, f"GEMM {n}^3 {_dtype_name(dtype)}: relative error {error:.2e} <= {tolerance:.0e}"
@@ -569,7 +652,14 @@ def run(mode: str, quick: bool, telemetry: Any, device_name: Optional[str]) -> K
         "seed": SEED,
         "quick": quick,
         "threads": torch.get_num_threads(),
-        "gemm": {"n": w.gemm_n, "iters": w.gemm_iters, "warmup_iters": w.warmup_iters},
+        "gemm": {
+            "n": w.gemm_n,
+            "iters": w.gemm_iters,
+            "warmup_iters": w.warmup_iters,
+            "sustain_s": w.gemm_sustain_s,
+            "sweep": list(w.gemm_sweep),
+            "sweep_iters": w.gemm_sweep_iters,
+        },
         "copy": {
             "bytes": w.copy_bytes if not setup or setup.copy_bytes else None,
             "iters": w.copy_iters,
@@ -593,7 +683,7 @@ def run(mode: str, quick: bool, telemetry: Any, device_name: Optional[str]) -> K
 
     with torch.inference_mode():
         try:
-            kr.results["gemm"], check = measure_gemm(torch, timer, device, dtype, w)
+            kr.results["gemm"], check = measure_gemm(torch, timer, device, dtype, w, telemetry)
             kr.checks.append(check)
         except Exception as exc:
             kr.results["gemm"] = None

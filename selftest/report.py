@@ -57,13 +57,36 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
         t = gemm["tflops"]
         digits = 3 if t["median"] < 10 else 1
         error = "n/a" if gemm.get("rel_error") is None else f"{gemm['rel_error']:.1e}"
+        clock = gemm.get("sm_clock_mhz")
         rows.append(
             (
                 f"gemm {gemm['dtype']} {gemm['n']}^3",
-                f"{num(t['median'], digits)} TFLOP/s (p10 {num(t['p10'], digits)}, p90 {num(t['p90'], digits)}), "
-                f"rel. error {error}",
+                f"{num(t['median'], digits)} TFLOP/s burst (p10 {num(t['p10'], digits)}, p90 {num(t['p90'], digits)}), "
+                f"rel. error {error}" + (f", SM clock {clock['min']}-{clock['max']} MHz" if clock else ""),
             )
         )
+    if gemm and gemm.get("sweep"):
+        best = gemm["sweep"]["best"]
+        rows.append(
+            (
+                "gemm best shape",
+                f"{num(best['tflops'], 3 if best['tflops'] < 10 else 1)} TFLOP/s at "
+                f"{best['m']}x{best['n']}x{best['k']} (best of {len(gemm['sweep']['shapes'])} shapes)",
+            )
+        )
+    sustained = (gemm or {}).get("sustained")
+    if sustained:
+        digits = 3 if sustained["tflops"] < 10 else 1
+        clock = sustained.get("sm_clock_mhz")
+        text = (
+            f"{num(sustained['tflops'], digits)} TFLOP/s over {sustained['seconds']:.1f} s "
+            f"(second half {num(sustained['tflops_second_half'], digits)})"
+        )
+        if clock:
+            text += f", SM clock {clock['min']}-{clock['max']} MHz (mean {num(clock['mean'], 0)})"
+        if sustained.get("power_w") is not None:
+            text += f", power {num(sustained['power_w'], 0)} W"
+        rows.append(("gemm sustained", text))
     copy = res.get("copy")
     if copy:
         g = copy["gb_per_s"]
@@ -127,7 +150,7 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
             )
         )
         for name, phase in (tel.get("phases") or {}).items():
-            if phase.get("energy_j") is None and phase.get("energy_note"):
+            if phase.get("tokens") and phase.get("energy_j") is None and phase.get("energy_note"):
                 rows.append((f"energy {name}", f"n/a: {phase['energy_note']}"))
     else:
         rows.append(("telemetry", tel.get("note") or "not available"))

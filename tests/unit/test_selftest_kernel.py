@@ -215,3 +215,166 @@ def test_efficiency_at_or_below_the_datasheet_passes_or_warns():
     roof = {"datasheet": {"name": "H200 SXM"}, "copy_efficiency_datasheet": 0.89, "gemm_efficiency_datasheet": 0.3}
     statuses = {c.id: c.status for c in kernel.datasheet_checks(roof)}
     assert statuses == {"perf.copy": "pass", "perf.gemm": "warn"}
+
+
+# ---------------------------------------------------------------- GEMM: sweep and sustained rate
+
+
+class Matrix:
+    def __init__(self, rows, cols):
+        self.shape = (rows, cols)
+
+
+class FakeGemmTorch:
+    """torch for the GEMM sweep: mm records its shape; the timer makes its time depend on the shape."""
+
+    class Generator:
+        def __init__(self, device=None):
+            pass
+
+        def manual_seed(self, seed):
+            return self
+
+    def __init__(self):
+        self.last = None
+
+    def randn(self, rows, cols, generator=None, device=None, dtype=None):
+        return Matrix(rows, cols)
+
+    def empty(self, rows, cols, device=None, dtype=None):
+        return Matrix(rows, cols)
+
+    def mm(self, a, b, out):
+        assert a.shape[1] == b.shape[0] and out.shape == (a.shape[0], b.shape[1])
+        self.last = (a.shape[0], b.shape[1], a.shape[1])
+
+
+class ShapeTimer(FakeTimer):
+    """A GPU whose rate is 700 TFLOP/s, except 800 for m = 9216, k = 7168 (a better tile fit)."""
+
+    def __init__(self, torch):
+        super().__init__()
+        self.torch = torch
+
+    def warmup(self, fn, iters, seconds=0.0):
+        fn()
+
+    def time_each(self, fn, iters, during=None):
+        fn()
+        m, n, k = self.torch.last
+        rate = 800e12 if (m, k) == (9216, 7168) else 700e12
+        return [2.0 * m * n * k / rate] * iters
+
+
+def test_gemm_sweep_is_a_grid_around_the_reference_size():
+    shapes = kernel.sweep_shapes((7168, 8192, 9216))
+    assert len(shapes) == 27 and len(set(shapes)) == 27 and (8192, 8192, 8192) in shapes
+
+
+def test_gemm_sweep_reports_every_shape_and_the_best_fake_torch():
+    torch = FakeGemmTorch()
+    sweep = kernel.gemm_sweep(torch, ShapeTimer(torch), "cpu", "bf16", (7168, 8192, 9216), iters=10)
+    assert len(sweep["shapes"]) == 27
+    assert all(row["tflops"] == pytest.approx(700.0) or row["tflops"] == pytest.approx(800.0) for row in sweep["shapes"])
+    assert (sweep["best"]["m"], sweep["best"]["k"]) == (9216, 7168) and sweep["best"]["tflops"] == pytest.approx(800.0)
+    assert kernel.gemm_sweep(torch, ShapeTimer(torch), "cpu", "bf16", (), iters=10) is None
+
+
+class FakeEventClock:
+    """A GPU timeline: fn advances it, events stamp it, the host never waits."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def event_class(self):
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self):
+                self.t = clock.now
+
+            def query(self):
+                return True
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) * 1000.0
+
+        return Event
+
+
+def fake_cuda_timer(clock):
+    cuda = type("Cuda", (), {"Event": clock.event_class(), "synchronize": staticmethod(lambda: None)})
+    torch = type("Torch", (), {"cuda": cuda})
+    return kernel.Timer(torch, "cuda:0")
+
+
+def test_sustained_gemm_holds_the_load_for_at_least_two_seconds_fake_cuda_events():
+    clock = FakeEventClock()
+    timer = fake_cuda_timer(clock)
+    calls = {"n": 0}
+
+    def gemm():  # 1.6 ms each, slowing to 2.0 ms after one second (clocks dropping at the power limit)
+        calls["n"] += 1
+        clock.now += 0.0016 if clock.now < 1.0 else 0.002
+
+    samples = []
+    flops = 2.0 * 8192**3
+    result = kernel.gemm_sustained(timer, gemm, flops, 0.0016, 2.0, RecordingTelemetry(samples))
+    assert result["seconds"] >= 2.0 and result["seconds"] == pytest.approx(clock.now)
+    assert result["iters"] == calls["n"] and result["chunk_iters"] == round(0.1 / 0.0016)
+    assert result["tflops"] == pytest.approx(flops * calls["n"] / clock.now / 1e12)
+    assert result["tflops_second_half"] == pytest.approx(flops / 0.002 / 1e12, rel=0.02)  # the settled rate
+    assert result["chunk_tflops"]["max"] == pytest.approx(flops / 0.0016 / 1e12)
+    assert len(samples) >= 10  # clocks were sampled while chunks ran
+    assert result["sm_clock_mhz"] == {"mean": 1755.0, "min": 1755, "max": 1755}
+
+
+def test_sustained_gemm_of_zero_seconds_is_skipped():
+    assert kernel.gemm_sustained(None, None, 1.0, 1.0, 0.0, None) is None
+
+
+class RecordingTelemetry:
+    """Telemetry that counts samples and reports a fixed SM clock for a phase."""
+
+    measures_energy = False
+
+    def __init__(self, samples):
+        self.samples = samples
+        self.phases = {}
+
+    def sample_once(self):
+        self.samples.append(1)
+
+    def begin_phase(self, name):
+        pass
+
+    def end_phase(self, name, tokens):
+        self.phases[name] = {"sm_clock_mhz": {"mean": 1755.0, "min": 1755, "max": 1755}, "power_w": 690.0,
+                             "energy_j": None, "energy_note": "x"}
+
+
+def test_time_each_samples_while_queued_gpu_work_runs_fake_cuda_events():
+    clock = FakeEventClock()
+    timer = fake_cuda_timer(clock)
+
+    polls = []
+    Event = clock.event_class()
+    pending = {"n": 2}
+    original_query = Event.query
+
+    def query(self):
+        if pending["n"]:
+            pending["n"] -= 1
+            return False
+        return original_query(self)
+
+    Event.query = query  # the last event reports unfinished twice, as a GPU still working would
+    timer.torch.cuda.Event = Event
+    timer.time_each(lambda: None, 5, during=lambda: polls.append(1))
+    assert len(polls) == 2
