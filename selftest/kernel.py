@@ -476,6 +476,7 @@ def measure_decoder(
         "time_per_output_token_s": summarize(run_seconds)["median"] / s.new_tokens,
         "cuda_graph": graph is not None,
         "note": graph_note,
+        "fusions": model.fusions,
     }
     if finite and in_range:
         checks.append(

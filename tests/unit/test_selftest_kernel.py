@@ -378,3 +378,14 @@ def test_time_each_samples_while_queued_gpu_work_runs_fake_cuda_events():
     timer.torch.cuda.Event = Event
     timer.time_each(lambda: None, 5, during=lambda: polls.append(1))
     assert len(polls) == 2
+
+
+def test_decode_profile_counts_kernels_per_step_and_their_share():
+    from selftest.profile import summarize_kernels
+
+    events = [("nvjet_gemm", 50.0)] * 10 + [("rms_norm", 5.0)] * 14 + [("argmax", 36.0)] * 2
+    result = summarize_kernels(events, steps=2)
+    assert result["per_step"] == 13 and result["us_per_step"] == pytest.approx((500 + 70 + 72) / 2)
+    top = {row["name"]: row for row in result["top"]}
+    assert top["rms_norm"]["per_step"] == 7 and top["nvjet_gemm"]["share"] == pytest.approx(500 / 642)
+    assert [row["name"] for row in result["top"]] == ["nvjet_gemm", "argmax", "rms_norm"]
