@@ -151,6 +151,10 @@ class Decoder:
         mirrored = self.torch.cat([x, x.neg()], dim=-1)
         return self.F.layer_norm(mirrored, (2 * dim,), doubled, None, self.shape.norm_eps)[..., :dim]
 
+    def attention_mask(self) -> Any:
+        """The additive mask of this step: the table's row for the current position (one kernel)."""
+        return self.mask_table.index_select(0, self.pos).view(1, 1, 1, self.shape.max_len)
+
     def residual_linear(self, x: Any, h: Any, weight: Any) -> Any:
         """x + h @ weight^T with the add in the matrix product's epilogue (one kernel, not two)."""
         flat = self.torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), weight.t())
@@ -233,7 +237,7 @@ class Decoder:
         B, hd = s.batch, s.head_dim
         x = F.embedding(self.token.view(B, 1), self.embed)
         cis = self.cis.index_select(0, self.pos).view(1, 1, 1, -1)
-        mask = self.mask_table.index_select(0, self.pos).view(1, 1, 1, s.max_len)
+        mask = self.attention_mask()
         for i, layer in enumerate(self.layers):
             q, k, v = self.split_qkv(F.linear(self.rms_norm(x, layer["attn_norm"]), layer["wqkv"]), cis)
             self.k_cache[i].index_copy_(2, self.pos, k.transpose(1, 2))

@@ -72,8 +72,72 @@ def profile_step(torch: Any, step: Callable[[], Any], steps: int, cuda: bool) ->
     return dict(summarize_kernels(events, steps), counted=what)
 
 
-def profile_decode(torch: Any, quick: bool, steps: int) -> dict:
-    """Profile the reference decoder's eager decode step on cuda:0 (or the CPU without one)."""
+def ablations(torch: Any, model: Decoder) -> dict[str, Callable[[], Callable[[], None]]]:
+    """Ways to undo one fusion of ``model``'s decode step; each returns the function that restores it.
+
+    Timing the step with each fusion undone says what each one is worth on this GPU and torch.
+    """
+    F, s = torch.nn.functional, model.shape
+
+    def undo(name: str, value: Any) -> Callable[[], None]:
+        setattr(model, name, value)
+        return lambda: delattr(model, name)
+
+    def decomposed(x: Any, weight: Any) -> Any:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + s.norm_eps)).to(x.dtype) * weight
+
+    def toggle(name: str, value: Any) -> Callable[[], None]:
+        old = getattr(model, name)
+        setattr(model, name, value)
+        return lambda: setattr(model, name, old)
+
+    variants = {
+        "bool mask in every layer": lambda: undo(
+            "attention_mask", lambda: (model.positions <= model.pos).view(1, 1, 1, s.max_len)
+        ),
+        "residual add as its own kernel": lambda: undo("residual_linear", lambda x, h, w: x + F.linear(h, w)),
+        "one-pass argmax": lambda: toggle("argmax_chunk", 0),
+        "RMSNorm decomposed (torch < 2.9 F.rms_norm)": lambda: undo("rms_norm", decomposed),
+    }
+    if model.fused_rms_norm:
+        variants["RMSNorm as layer_norm of [x, -x] (the path for torch < 2.9)"] = lambda: toggle(
+            "fused_rms_norm", False
+        )
+    return variants
+
+
+def graph_step_ms(torch: Any, model: Decoder, first: Any, position: int, runs: int = 3) -> float:
+    """Milliseconds per decode step replayed from a CUDA graph (as the probe times it), median of runs."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    model.start_decode(first, position)
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model.decode_step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model.decode_step()
+    times = []
+    for _ in range(runs + 1):
+        model.start_decode(first, position)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(model.shape.new_tokens):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end) / model.shape.new_tokens)
+    del graph
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def profile_decode(torch: Any, quick: bool, steps: int, ablate: bool = False) -> dict:
+    """Profile the reference decoder's eager decode step on cuda:0 (or the CPU without one).
+
+    With ``ablate`` on a GPU, also time the graph-replayed step with each fusion undone.
+    """
     cuda = torch.cuda.is_available()
     mode = "gpu" if cuda else "cpu"
     shape = workload_for(mode, quick).decoder
@@ -98,8 +162,26 @@ def profile_decode(torch: Any, quick: bool, steps: int) -> dict:
             torch.cuda.synchronize()
         eager_ms = (time.perf_counter() - t0) * 1e3 / steps
         result = profile_step(torch, model.decode_step, steps, cuda)
+        variants = []
+        if ablate and cuda:
+            todo = {"all fusions": lambda: (lambda: None)}
+            todo.update(ablations(torch, model))
+            for name, apply in todo.items():
+                restore = apply()
+                try:
+                    model.start_decode(first, shape.prompt_len)
+                    counted = profile_step(torch, model.decode_step, steps, cuda)
+                    ms = graph_step_ms(torch, model, first, shape.prompt_len)
+                    variants.append(
+                        {"variant": name, "graph_step_ms": ms, "kernels_per_step": counted["per_step"],
+                         "kernel_us_per_step": counted["us_per_step"]}
+                    )
+                finally:
+                    restore()
+                    torch.cuda.synchronize()
     return dict(
         result,
+        variants=variants,
         device=torch.cuda.get_device_name(0) if cuda else "cpu",
         torch=torch.__version__,
         dtype=str(dtype).replace("torch.", ""),
@@ -121,6 +203,15 @@ def render(result: dict) -> str:
     for row in result["top"]:
         share = "n/a" if row["share"] is None else f"{row['share']:.1%}"
         lines.append(f"{row['per_step']:8.1f}  {row['us_per_step']:9.1f}  {share:>6}  {row['name'][:100]}")
+    if result.get("variants"):
+        base = result["variants"][0]["graph_step_ms"]
+        lines += ["", "decode step through a CUDA graph, each fusion undone in turn:",
+                  f"{'MS/STEP':>8}  {'VS ALL':>7}  {'KERNELS':>7}  VARIANT"]
+        for v in result["variants"]:
+            lines.append(
+                f"{v['graph_step_ms']:8.4f}  {v['graph_step_ms'] / base - 1:+7.1%}  {v['kernels_per_step']:7.1f}  "
+                f"{v['variant']}"
+            )
     return "\n".join(lines)
 
 
@@ -128,6 +219,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m selftest.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the --quick workload's decoder")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--ablate", action="store_true", help="on a GPU, also time the step with each fusion undone (~15 s more)"
+    )
     p.add_argument("--out", metavar="FILE", help="also write the table here, and FILE.json")
     args = p.parse_args(argv)
     try:
@@ -135,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ImportError as exc:
         print(f"selftest.profile: needs torch: {exc}", file=sys.stderr)
         return 2
-    result = profile_decode(torch, args.quick, max(1, args.steps))
+    result = profile_decode(torch, args.quick, max(1, args.steps), args.ablate)
     text = render(result)
     print(text)
     if args.out:

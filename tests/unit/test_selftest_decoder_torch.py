@@ -113,3 +113,23 @@ def test_cached_decode_equals_full_recompute_cpu():
             reference = Decoder(torch, SHAPE, "cpu", torch.float32, seed=0).prefill(sequence)
             torch.testing.assert_close(cached, reference, rtol=1e-4, atol=1e-4)
             sequence = torch.cat([sequence, cached.argmax(-1)[:, None]], dim=1)
+
+
+def test_each_fusion_undone_gives_the_same_logits_and_is_restored_cpu():
+    """selftest.profile --ablate times the step with each fusion undone: each variant must compute the same step."""
+    from selftest.profile import ablations
+
+    with torch.inference_mode():
+        model = prefilled(torch.float32)
+        token, pos = model.token.clone(), int(model.pos.item())
+        want = model.decode_step()
+        variants = ablations(torch, model)
+        assert len(variants) >= 4
+        for name, apply in variants.items():
+            restore = apply()
+            model.start_decode(token, pos)
+            torch.testing.assert_close(model.decode_step(), want, rtol=1e-5, atol=1e-5, msg=name)
+            restore()
+        assert model.fusions == prefilled(torch.float32).fusions
+        model.start_decode(token, pos)
+        torch.testing.assert_close(model.decode_step(), want)
