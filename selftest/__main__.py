@@ -14,7 +14,7 @@ from typing import Optional
 from . import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, __version__
 
 DESCRIPTION = """\
-Validate this machine's PyTorch/CUDA stack, run a reference transformer
+Validate the PyTorch/CUDA stack it runs on, run a reference transformer
 workload, and write a JSON fingerprint with throughput and cost per token.
 
 subcommands:

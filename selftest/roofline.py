@@ -3,7 +3,7 @@
 Decode is bandwidth-bound: each step must stream every weight once plus the KV
 cache read so far, so its efficiency is bytes moved / (step time x bandwidth).
 Prefill is compute-bound: its efficiency is FLOPs / (time x FLOP rate).  Both
-are reported against what this machine measured (copy bandwidth, GEMM rate)
+are reported against what the probe measured (copy bandwidth, GEMM rate)
 and, for GPUs in the table below, against the vendor's datasheet.
 """
 
