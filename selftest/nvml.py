@@ -39,6 +39,8 @@ AGGREGATE_ECC = 1
 PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT = 0
 PAGE_RETIREMENT_CAUSE_DOUBLE_BIT = 1
 
+EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
+
 # Clock-event ("throttle") reason bits, and whether each one means trouble.
 THROTTLE_REASONS = {
     0x001: ("gpu_idle", False),
@@ -249,6 +251,7 @@ def device_info(nvml: Any, index: int) -> dict:
     retired_pending = query(nvml, "nvmlDeviceGetRetiredPagesPendingStatus", handle)
     mask = throttle_mask(nvml, handle)
     mig = query(nvml, "nvmlDeviceGetMigMode", handle)
+    persistence = query(nvml, "nvmlDeviceGetPersistenceMode", handle)
     return {
         "index": index,
         "name": text(query(nvml, "nvmlDeviceGetName", handle)),
@@ -281,7 +284,31 @@ def device_info(nvml: Any, index: int) -> dict:
         "remapped_rows_failure": bool(remapped[3]) if remapped else None,
         "throttle_reasons": throttle_reason_names(mask),
         "mig_enabled": bool(mig[0]) if mig else None,
+        # DCGM level-1 style deployment facts
+        "power_limit_default_w": _mw_to_w(query(nvml, "nvmlDeviceGetPowerManagementDefaultLimit", handle)),
+        "persistence_mode": bool(persistence) if persistence is not None else None,
+        "pcie_link_gen_current": query(nvml, "nvmlDeviceGetCurrPcieLinkGeneration", handle),
+        "pcie_link_gen_max": query_first(
+            nvml, ("nvmlDeviceGetGpuMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkGeneration"), handle
+        ),
+        "pcie_link_width_current": query(nvml, "nvmlDeviceGetCurrPcieLinkWidth", handle),
+        "pcie_link_width_max": query(nvml, "nvmlDeviceGetMaxPcieLinkWidth", handle),
+        "compute_processes": compute_processes(nvml, handle),
     }
+
+
+def compute_processes(nvml: Any, handle: Any) -> Optional[list[dict]]:
+    """Processes holding a CUDA context on the GPU: their work would share (and skew) the measurements."""
+    procs = query_first(
+        nvml, ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"), handle
+    )
+    if procs is None:
+        return None
+    out = []
+    for p in procs:
+        used = getattr(p, "usedGpuMemory", None)
+        out.append({"pid": getattr(p, "pid", None), "used_memory_bytes": used if isinstance(used, int) else None})
+    return out
 
 
 def all_devices(nvml: Any) -> list[dict]:
@@ -432,6 +459,9 @@ class TelemetrySampler:
         self._energy0: Optional[int] = None
         self._energy1: Optional[int] = None
         self.throttle_seen = 0
+        self.xid_events: Optional[list[int]] = None
+        self.xid_note: Optional[str] = None
+        self._event_set: Any = None
         self.before: dict = {}
         self.after: dict = {}
         self.error: Optional[str] = None
@@ -481,16 +511,39 @@ class TelemetrySampler:
         self.samples.append(sample)
         return sample
 
+    def _watch_xids(self) -> None:
+        """Register for XID critical errors (driver-reported GPU faults) during the run, where NVML allows."""
+        try:
+            self._event_set = self.nvml.nvmlEventSetCreate()
+            self.nvml.nvmlDeviceRegisterEvents(self.handle, EVENT_TYPE_XID_CRITICAL_ERROR, self._event_set)
+            self.xid_events = []
+        except Exception as exc:
+            self._event_set = None
+            self.xid_note = f"XID events not available: {' '.join(str(exc).split())[:120]}"
+
+    def poll_xids(self) -> None:
+        """Collect XID events that arrived since the last poll (never waits)."""
+        if self._event_set is None:
+            return
+        while True:
+            try:
+                data = self.nvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except Exception:  # NVML_ERROR_TIMEOUT: nothing pending
+                return
+            self.xid_events.append(int(getattr(data, "eventData", 0)))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.sample_once()
+                self.poll_xids()
             except Exception as exc:  # a sampler must never take the probe down
                 self.error = str(exc)
                 return
             self._stop.wait(self.interval_s)
 
     def start(self, background: bool = True) -> None:
+        self._watch_xids()
         self.before = self.snapshot()
         self._energy0 = self.energy_mj()
         self._t0 = self.clock()
@@ -505,6 +558,13 @@ class TelemetrySampler:
         self._t1 = self.clock()
         self._energy1 = self.energy_mj()
         self.after = self.snapshot()
+        self.poll_xids()
+        if self._event_set is not None:
+            try:
+                self.nvml.nvmlEventSetFree(self._event_set)
+            except Exception:
+                pass
+            self._event_set = None
 
     def begin_phase(self, name: str) -> None:
         """Mark the start of a timed phase (call after synchronising the device)."""
@@ -553,6 +613,8 @@ class TelemetrySampler:
             "energy_method": method,
             "energy_note": note,
             "min_energy_window_s": MIN_ENERGY_WINDOW_S,
+            "xid_events": self.xid_events,
+            "xid_note": self.xid_note,
             "throttle_mask_seen": self.throttle_seen,
             "throttle_reasons_seen": throttle_reason_names(self.throttle_seen),
             "before": self.before,

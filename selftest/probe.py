@@ -111,6 +111,26 @@ def _throttle_check(telemetry: dict) -> Optional[Check]:
     return None
 
 
+# XIDs that mean the GPU itself failed (double-bit ECC, fallen off the bus, uncontained/contained
+# ECC errors); others (13, 31, 43: a program's fault, often) only warn.
+FATAL_XIDS = {48, 79, 94, 95}
+
+
+def _xid_check(telemetry: dict) -> Optional[Check]:
+    """Driver-reported GPU faults (XID events) on the GPU under test while the probe ran."""
+    events = telemetry.get("xid_events")
+    if not events:
+        return None
+    fatal = sorted(set(events) & FATAL_XIDS)
+    return Check(
+        "gpu.xid",
+        FAIL if fatal else WARN,
+        f"XID event(s) during the run: {', '.join(map(str, events))}"
+        + (f" (GPU faults: {', '.join(map(str, fatal))})" if fatal else ""),
+        "read the kernel log (`dmesg | grep -i xid`) and NVIDIA's XID catalog; drain the node if it recurs",
+    )
+
+
 def _write(document: dict, path: str, fallback: bool, checks: list[Check]) -> Optional[str]:
     """Write the fingerprint; a default path that is not writable falls back to the temp directory."""
     try:
@@ -194,9 +214,9 @@ def run_probe(opts: ProbeOptions) -> ProbeOutcome:
             except Exception:
                 pass
         telemetry_doc = telemetry.summary()
-        throttle = _throttle_check(telemetry_doc)
-        if throttle:
-            checks.append(throttle)
+        for extra in (_throttle_check(telemetry_doc), _xid_check(telemetry_doc)):
+            if extra:
+                checks.append(extra)
     if validation.nvml is not None:
         nvml.shutdown(validation.nvml)
 

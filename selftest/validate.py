@@ -316,8 +316,58 @@ def health_check(device: Mapping[str, Any], under_test: bool = True) -> Check:
 
 
 def health_checks(devices: list[Mapping[str, Any]], under_test: Optional[int]) -> list[Check]:
-    """One health check per NVML device; ``under_test`` is the NVML index the workload runs on."""
-    return [health_check(d, under_test is not None and d.get("index") == under_test) for d in devices]
+    """One health check per NVML device, and the deployment check of the one under test."""
+    checks = [health_check(d, under_test is not None and d.get("index") == under_test) for d in devices]
+    checks += [config_check(d) for d in devices if under_test is not None and d.get("index") == under_test]
+    return checks
+
+
+def config_check(device: Mapping[str, Any]) -> Check:
+    """How the GPU under test is deployed (DCGM level-1 style): what would skew or slow the numbers.
+
+    Other processes on the GPU share its SMs and memory bandwidth; an enforced
+    power limit below the default caps clocks; a PCIe link narrower than the
+    GPU's maximum is a seating or riser fault.  (A PCIe generation below the
+    maximum is normal at idle: the link trains down to save power.)  Without
+    persistence mode the driver tears the GPU's state down whenever no process
+    holds it, so every start pays for its initialisation again.
+    """
+    idx = device.get("index")
+    name = device.get("name") or f"GPU {idx}"
+    problems, remedies = [], []
+    procs = device.get("compute_processes")
+    if procs:
+        used = sum(p.get("used_memory_bytes") or 0 for p in procs)
+        problems.append(f"{len(procs)} other process(es) on the GPU ({used / 2**30:.1f} GiB)")
+        remedies.append("run the probe on an idle GPU (`nvidia-smi` lists the processes)")
+    enforced, default = device.get("power_limit_w"), device.get("power_limit_default_w")
+    if enforced and default and enforced < default * 0.99:
+        problems.append(f"power limit {enforced:.0f} W below the default {default:.0f} W")
+        remedies.append("expect lower clocks under load; the limit is the host's setting")
+    width, width_max = device.get("pcie_link_width_current"), device.get("pcie_link_width_max")
+    if width and width_max and width < width_max:
+        problems.append(f"PCIe link x{width} of x{width_max}")
+        remedies.append("reseat the GPU or check its riser (`nvidia-smi -q -d PCIE`)")
+    if device.get("persistence_mode") is False:
+        problems.append("persistence mode off")
+        remedies.append("the host enables it with the nvidia-persistenced service")
+
+    def show(key: str, fmt: str = "{}") -> str:
+        value = device.get(key)
+        return "n/a" if value is None else fmt.format(value)
+
+    facts = (
+        f"PCIe gen {show('pcie_link_gen_current')}/{show('pcie_link_gen_max')} "
+        f"x{show('pcie_link_width_current')}/{show('pcie_link_width_max')}, "
+        f"persistence {'on' if device.get('persistence_mode') else 'off' if device.get('persistence_mode') is False else 'n/a'}, "
+        f"power limit {show('power_limit_w', '{:.0f}')} W (default {show('power_limit_default_w', '{:.0f}')} W), "
+        f"{'no' if procs == [] else 'n/a' if procs is None else len(procs)} other process(es), "
+        f"MIG {'on' if device.get('mig_enabled') else 'off' if device.get('mig_enabled') is False else 'n/a'}"
+    )
+    cid = f"gpu.{idx}.config"
+    if problems:
+        return Check(cid, WARN, f"{name}: {'; '.join(problems)} ({facts})", "; ".join(remedies))
+    return Check(cid, PASS, f"{name}: {facts}")
 
 
 def _health_check(device: Mapping[str, Any]) -> Check:

@@ -535,3 +535,94 @@ def test_stubbed_nvml_forward_compat_libcuda_newer_than_the_kernel_driver_is_rep
     # without the compat libraries the same kernel driver is too old for a 12.8 runtime: a warning, as before
     assert validate.driver_check(info["driver_version"], "12.2", "12.8", "12.2").status == WARN
     assert validate.driver_check(info["driver_version"], "12.2", "12.8", None).status == WARN
+
+
+# ---------------------------------------------------------------- DCGM level-1 style facts
+
+
+def deployed_device(**overrides):
+    facts = dict(
+        power_limit_default=700000,
+        persistence=1,
+        pcie_gen=5,
+        pcie_gen_max=5,
+        pcie_width=16,
+        pcie_width_max=16,
+        processes=[],
+    )
+    facts.update(overrides)
+    return healthy_device(**facts)
+
+
+def install_deployment(monkeypatch, *devices):
+    module = fake_pynvml(devices=list(devices))
+    for function, key in {
+        "nvmlDeviceGetPowerManagementDefaultLimit": "power_limit_default",
+        "nvmlDeviceGetPersistenceMode": "persistence",
+        "nvmlDeviceGetCurrPcieLinkGeneration": "pcie_gen",
+        "nvmlDeviceGetMaxPcieLinkGeneration": "pcie_gen_max",
+        "nvmlDeviceGetCurrPcieLinkWidth": "pcie_width",
+        "nvmlDeviceGetMaxPcieLinkWidth": "pcie_width_max",
+        "nvmlDeviceGetComputeRunningProcesses": "processes",
+    }.items():
+        setattr(module, function, lambda h, _k=key: devices[h][_k])
+    return install(monkeypatch, module)
+
+
+def test_stubbed_nvml_deployment_facts_are_in_the_device_record(monkeypatch):
+    module = install_deployment(monkeypatch, deployed_device(pcie_gen=1))  # idle link trained down: normal
+    device = nvml.device_info(module, 0)
+    assert device["pcie_link_gen_current"] == 1 and device["pcie_link_gen_max"] == 5
+    assert device["pcie_link_width_current"] == 16 and device["persistence_mode"] is True
+    assert device["power_limit_w"] == 700.0 and device["power_limit_default_w"] == 700.0
+    assert device["compute_processes"] == []
+    check = validate.config_check(device)
+    assert check.status == PASS and "PCIe gen 1/5 x16/16" in check.message and "no other process" in check.message
+
+
+def test_stubbed_nvml_deployment_problems_warn_on_the_gpu_under_test(monkeypatch):
+    other = types.SimpleNamespace(pid=4242, usedGpuMemory=8 * 2**30)
+    module = install_deployment(
+        monkeypatch,
+        deployed_device(power_limit=500000, persistence=0, pcie_width=8, processes=[other]),
+    )
+    check = validate.config_check(nvml.device_info(module, 0))
+    assert check.status == WARN
+    for text in ("1 other process(es) on the GPU (8.0 GiB)", "power limit 500 W below the default 700 W",
+                 "PCIe link x8 of x16", "persistence mode off"):
+        assert text in check.message
+    ids = [c.id for c in validate.health_checks([nvml.device_info(module, 0)], under_test=0)]
+    assert ids == ["gpu.0.health", "gpu.0.config"]
+    assert [c.id for c in validate.health_checks([nvml.device_info(module, 0)], under_test=None)] == ["gpu.0.health"]
+
+
+def test_stubbed_nvml_xid_events_during_the_run_are_reported(monkeypatch):
+    module = install(monkeypatch, fake_pynvml())
+    pending = [types.SimpleNamespace(eventData=79)]
+    module.nvmlEventSetCreate = lambda: "set"
+    module.nvmlDeviceRegisterEvents = lambda handle, kind, event_set: None
+    module.nvmlEventSetFree = lambda event_set: None
+
+    def wait(event_set, timeout_ms):
+        if pending:
+            return pending.pop()
+        raise FakeNVMLError(10)  # NVML_ERROR_TIMEOUT: nothing pending
+
+    module.nvmlEventSetWait_v2 = wait
+    sampler = nvml.TelemetrySampler(module, 0, clock=FakeClock())
+    sampler.start(background=False)
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["xid_events"] == [79] and summary["xid_note"] is None
+    check = probe._xid_check(summary)
+    assert check.status == FAIL and "79" in check.message
+
+
+def test_stubbed_nvml_without_xid_events_says_why(monkeypatch):
+    module = install(monkeypatch, fake_pynvml())  # the fake has no nvmlEventSetCreate
+    sampler = nvml.TelemetrySampler(module, 0, clock=FakeClock())
+    sampler.start(background=False)
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["xid_events"] is None and "not available" in summary["xid_note"]
+    assert probe._xid_check(summary) is None
