@@ -64,6 +64,7 @@ COMPARABILITY: tuple[tuple[str, Callable[[dict], Any]], ...] = (
 
 # (label, path): listed when they differ
 INFORMATIONAL = (
+    ("schema version", ("schema_version",)),
     ("image tag", ("environment", "image", "tag")),
     ("torch", ("environment", "versions", "torch")),
     ("torch CUDA", ("environment", "versions", "torch_cuda")),

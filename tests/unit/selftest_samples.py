@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from pathlib import Path
 
 from selftest import cost, fingerprint
 from selftest.stats import summarize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample_fingerprint(decode_tps: float = 9000.0, gpu: str = "NVIDIA H200") -> dict:
