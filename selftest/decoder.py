@@ -11,10 +11,10 @@ once in a CUDA graph and replayed; on the CPU it simply runs eagerly.
 
 A decode step of a small batch moves the weights once and launches dozens of
 tiny kernels whose fixed cost moves no bytes, so the step is built to launch
-few of them (``FUSIONS``): the attention mask is one row of a table made once
+few of them (``Decoder.fusions`` names how): the attention mask is one row of a table made once
 (not a bool mask that SDPA turns into a float one in every layer), RMSNorm is
 one fused kernel (or three, on a torch that has none), each residual add happens
-in its matrix product's epilogue (``addmm``), and the next token's argmax runs
+in its matrix product (``addmm_`` with beta 1), and the next token's argmax runs
 in two wide passes instead of one reduction with a block per sequence.
 
 torch is passed in rather than imported at module level so that importing the
@@ -128,7 +128,7 @@ class Decoder:
         return {
             "attention_mask": "one table row per step",
             "rms_norm": "fused kernel" if self.fused_rms_norm else "layer_norm of [x, -x]",
-            "residual_add": "addmm epilogue",
+            "residual_add": "accumulated by the matrix product (addmm_, beta 1)",
             "argmax": f"two passes of {self.argmax_chunk}" if self.argmax_chunk else "one pass",
         }
 
@@ -156,9 +156,14 @@ class Decoder:
         return self.mask_table.index_select(0, self.pos).view(1, 1, 1, self.shape.max_len)
 
     def residual_linear(self, x: Any, h: Any, weight: Any) -> Any:
-        """x + h @ weight^T with the add in the matrix product's epilogue (one kernel, not two)."""
-        flat = self.torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), weight.t())
-        return flat.view(x.shape)
+        """x + h @ weight^T, accumulated into x by the matrix product itself (beta = 1): one kernel, not two.
+
+        In place: the out-of-place ``addmm`` first copies x into its result (a
+        kernel of its own), which is what this avoids.  x is the step's own
+        residual stream, so nothing else sees it change.
+        """
+        x.view(-1, x.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), weight.t())
+        return x
 
     def next_token(self, logits: Any) -> Any:
         """argmax over the vocabulary in two wide passes (maxima of chunks, then the best chunk).
