@@ -431,6 +431,7 @@ def measure_decoder(
     model.start_decode(first, s.prompt_len)
     decode_run()
     timer.sync()
+
     def fresh_decode_run() -> None:
         model.start_decode(first, s.prompt_len)
         decode_run()
