@@ -24,7 +24,7 @@ class FakeTimer:
         self.syncs += 1
 
 
-def test_energy_window_repeats_the_work_until_it_lasts_one_second():
+def test_energy_window_repeats_the_work_until_it_lasts_one_second_fake_clock():
     clock, timer = FakeClock(10.0), FakeTimer()
     started = clock()
     clock.now += 0.09  # the timed repetitions: ten prefills of 9 ms
@@ -38,12 +38,12 @@ def test_energy_window_repeats_the_work_until_it_lasts_one_second():
     assert extra == timer.syncs == 102  # (1.0 - 0.09) / 0.009 rounded up: every call synchronised
 
 
-def test_energy_window_of_zero_adds_no_work():
+def test_energy_window_of_zero_adds_no_work_fake_clock():
     clock = FakeClock()
     assert kernel.extend_window(FakeTimer(), lambda: None, clock(), 0.0, clock=clock) == 0
 
 
-def test_energy_window_stops_at_max_calls_when_the_work_takes_no_time():
+def test_energy_window_stops_at_max_calls_when_the_work_takes_no_time_fake_clock():
     clock = FakeClock()
     assert kernel.extend_window(FakeTimer(), lambda: None, clock(), 1.0, max_calls=7, clock=clock) == 7
 
