@@ -133,3 +133,13 @@ def test_each_fusion_undone_gives_the_same_logits_and_is_restored_cpu():
         assert model.fusions == prefilled(torch.float32).fusions
         model.start_decode(token, pos)
         torch.testing.assert_close(model.decode_step(), want)
+
+
+def test_prefill_through_the_three_kernel_rms_norm_gives_the_same_logits_cpu():
+    """torch < 2.9 (the images' 2.8) has no fused RMSNorm: prefill and decode take the layer_norm path."""
+    prompt = torch.randint(0, SHAPE.vocab, (SHAPE.batch, SHAPE.prompt_len), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fused = Decoder(torch, SHAPE, "cpu", torch.float32, seed=0)
+        mirrored = Decoder(torch, SHAPE, "cpu", torch.float32, seed=0)
+        mirrored.fused_rms_norm = False
+        torch.testing.assert_close(mirrored.prefill(prompt), fused.prefill(prompt), rtol=1e-5, atol=1e-5)
