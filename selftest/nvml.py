@@ -442,6 +442,7 @@ class TelemetrySampler:
         interval_s: float = 0.1,
         energy_blocked: Optional[str] = None,
         clock: Callable[[], float] = time.perf_counter,
+        matched_by: Optional[str] = None,
     ):
         self.nvml = nvml
         self.index = index
@@ -449,6 +450,7 @@ class TelemetrySampler:
         self.interval_s = interval_s
         self.energy_blocked = energy_blocked
         self.clock = clock
+        self.matched_by = matched_by
         self.samples: list[Sample] = []
         self.phases: dict[str, dict] = {}
         self._open: dict[str, tuple[float, Optional[int]]] = {}
@@ -599,6 +601,7 @@ class TelemetrySampler:
             "available": True,
             "note": self.error,
             "nvml_index": self.index,
+            "nvml_matched_by": self.matched_by,
             "interval_s": self.interval_s,
             "samples": len(self.samples),
             "duration_s": duration,

@@ -92,7 +92,10 @@ def _telemetry_for(validation: validate.Validation, mode: str) -> Any:
     mig = bool(device.get("mig_enabled")) or cuda_uuid.upper().startswith("MIG-")
     try:
         return nvml.TelemetrySampler(
-            validation.nvml, validation.nvml_index, energy_blocked=nvml.MIG_ENERGY_NOTE if mig else None
+            validation.nvml,
+            validation.nvml_index,
+            energy_blocked=nvml.MIG_ENERGY_NOTE if mig else None,
+            matched_by=validation.nvml_match,
         )
     except Exception as exc:
         return nvml.NullTelemetry(f"NVML telemetry unavailable: {exc}")

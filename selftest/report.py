@@ -149,6 +149,11 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
                 f"GPU busy {num(util.get('mean'), 0)}%, {energy}",
             )
         )
+        seen = [r for r in (tel.get("throttle_reasons_seen") or []) if r != "gpu_idle"]
+        if seen:
+            rows.append(("clock limits seen", ", ".join(seen) + " (in some sample of the run)"))
+        if tel.get("xid_events"):
+            rows.append(("XID events", ", ".join(map(str, tel["xid_events"]))))
         for name, phase in (tel.get("phases") or {}).items():
             if phase.get("tokens") and phase.get("energy_j") is None and phase.get("energy_note"):
                 rows.append((f"energy {name}", f"n/a: {phase['energy_note']}"))
