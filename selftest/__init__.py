@@ -19,8 +19,13 @@ Environment variables:
 __version__ = "0.1.0"
 
 # Bump the major part when a field changes meaning or disappears; ``compare``
-# refuses to compare fingerprints of different major versions.
-SCHEMA_VERSION = "1.0"
+# refuses to compare fingerprints of different major versions.  Bump the minor
+# part when fields are added: older fingerprints of the same major version stay
+# comparable on the fields they have.
+# 1.1: GEMM sustained rate, shape sweep and SM clocks; copy methods and the bytes-once
+#      figure; energy windows with energy_note; throttle union; XID events; DCGM-style
+#      device facts; libcuda's CUDA version; decode fusions.
+SCHEMA_VERSION = "1.1"
 
 # Exit codes of the command line, shared by every subcommand.
 EXIT_OK = 0

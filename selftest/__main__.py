@@ -14,14 +14,15 @@ from typing import Optional
 from . import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, __version__
 
 DESCRIPTION = """\
-Validate this machine's PyTorch/CUDA stack, run a reference transformer
+Validate the PyTorch/CUDA stack it runs on, run a reference transformer
 workload, and write a JSON fingerprint with throughput and cost per token.
 
 subcommands:
   selftest cost --tokens N --seconds S --gpu-hour-usd P   price one measured request
   selftest compare OLD.json NEW.json [--tolerance 0.10]   flag regressions between two fingerprints
 
-exit codes: 0 all checks pass, 1 a check failed, 2 usage error, 3 regression found by compare
+exit codes: 0 all checks pass, 1 a check failed, 2 usage error (for compare also: nothing
+to compare), 3 regression found by compare
 """
 
 
@@ -165,6 +166,9 @@ def main_compare(argv: list[str]) -> int:
         print(f"selftest compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = compare.compare(old, new, args.tolerance)
+    if result.nothing_compared:
+        print(result.nothing_compared_line(), file=sys.stderr)
+        return result.exit_code
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

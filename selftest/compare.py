@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import EXIT_OK, EXIT_REGRESSION
+from . import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
 
 
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
@@ -27,6 +27,8 @@ def _get(doc: Any, path: tuple[str, ...]) -> Any:
 # (label, path to a "higher is better" number)
 THROUGHPUT = (
     ("gemm TFLOP/s", ("results", "gemm", "tflops", "median")),
+    ("gemm sustained TFLOP/s", ("results", "gemm", "sustained", "tflops")),
+    ("gemm best-shape TFLOP/s", ("results", "gemm", "sweep", "best", "tflops")),
     ("copy GB/s", ("results", "copy", "gb_per_s", "median")),
     ("prefill tokens/s", ("results", "prefill", "tokens_per_second")),
     ("decode tokens/s", ("results", "decode", "tokens_per_second", "median")),
@@ -62,6 +64,7 @@ COMPARABILITY: tuple[tuple[str, Callable[[dict], Any]], ...] = (
 
 # (label, path): listed when they differ
 INFORMATIONAL = (
+    ("schema version", ("schema_version",)),
     ("image tag", ("environment", "image", "tag")),
     ("torch", ("environment", "versions", "torch")),
     ("torch CUDA", ("environment", "versions", "torch_cuda")),
@@ -71,6 +74,9 @@ INFORMATIONAL = (
     ("Python", ("environment", "versions", "python")),
     ("driver", ("environment", "driver", "driver_version")),
     ("copy buffer bytes", ("workload", "copy", "bytes")),
+    ("copy method", ("results", "copy", "method")),
+    ("GEMM sweep sizes", ("workload", "gemm", "sweep")),
+    ("GEMM sustained seconds", ("workload", "gemm", "sustain_s")),
     ("decode CUDA graph", ("results", "decode", "cuda_graph")),
     ("GPU-hour price", ("cost", "gpu_hour_usd")),
 )
@@ -82,10 +88,24 @@ class Comparison:
     incomparable: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
+    compared: int = 0  # throughput metrics measured in both fingerprints
+
+    @property
+    def nothing_compared(self) -> bool:
+        """No metric in both and nothing lost: a 'no regression' would claim what was never checked."""
+        return self.compared == 0 and not self.regressions
 
     @property
     def exit_code(self) -> int:
+        if self.nothing_compared:
+            return EXIT_USAGE
         return EXIT_REGRESSION if (self.regressions or self.incomparable) else EXIT_OK
+
+    def nothing_compared_line(self) -> str:
+        return (
+            "selftest compare: nothing to compare: no throughput metric "
+            f"({', '.join(label for label, _ in THROUGHPUT)}) was measured in both fingerprints"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +113,7 @@ class Comparison:
             "incomparable": self.incomparable,
             "changes": self.changes,
             "regressions": self.regressions,
+            "compared": self.compared,
             "exit_code": self.exit_code,
         }
 
@@ -113,6 +134,7 @@ def compare(old: dict, new: dict, tolerance: float = 0.10) -> Comparison:
         change: Optional[float] = None
         verdict = "n/a"
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0:
+            result.compared += 1
             change = b / a - 1.0
             if result.incomparable:
                 verdict = "not comparable"  # a drop between different setups is no regression

@@ -9,6 +9,14 @@ The decode step keeps all of its state (next token, position, KV cache) in
 device tensors and never synchronises with the host, so it can be captured
 once in a CUDA graph and replayed; on the CPU it simply runs eagerly.
 
+A decode step of a small batch moves the weights once and launches dozens of
+tiny kernels whose fixed cost moves no bytes, so the step is built to launch
+few of them (``Decoder.fusions`` names how): the attention mask is one row of a table made once
+(not a bool mask that SDPA turns into a float one in every layer), RMSNorm is
+one fused kernel (or three, on a torch that has none), each residual add happens
+in its matrix product (``addmm_`` with beta 1), and the next token's argmax runs
+in two wide passes instead of one reduction with a block per sequence.
+
 torch is passed in rather than imported at module level so that importing the
 package does not need torch.
 """
@@ -40,6 +48,22 @@ def apply_rotary(torch: Any, x: Any, cis: Any) -> Any:
     """Rotate pairs of features of x (..., heads, head_dim) by cis (broadcast over heads)."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
+
+
+def has_fused_rms_norm(torch: Any) -> bool:
+    """torch >= 2.9 runs F.rms_norm as one kernel (aten::_fused_rms_norm); before, it decomposes into ~8."""
+    try:
+        return hasattr(torch.ops.aten, "_fused_rms_norm")
+    except Exception:
+        return False
+
+
+def argmax_chunk(vocab: int) -> int:
+    """Chunk for the two-pass argmax: the largest divisor of ``vocab`` up to 1024 (0 when it is too small)."""
+    for chunk in range(min(1024, vocab // 2), 63, -1):
+        if vocab % chunk == 0:
+            return chunk
+    return 0
 
 
 class Decoder:
@@ -81,18 +105,79 @@ class Decoder:
         self.k_cache = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in range(s.n_layers)]
         self.v_cache = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in range(s.n_layers)]
         self.positions = torch.arange(s.max_len, device=device)
+        # Row p: 0 for the cached positions 0..p, -inf for those not written yet.  One
+        # index_select per step gives SDPA a float mask it uses as is in every layer.
+        visible = self.positions.view(1, -1) <= self.positions.view(-1, 1)
+        self.mask_table = torch.zeros(s.max_len, s.max_len, device=device, dtype=dtype).masked_fill_(
+            ~visible, float("-inf")
+        )
         self.token = torch.zeros(s.batch, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.enable_gqa = _torch_at_least(torch, 2, 5)
+        self.fused_rms_norm = has_fused_rms_norm(torch)
+        self.argmax_chunk = argmax_chunk(s.vocab)
+        # layer_norm weights for the two-kernel RMSNorm: the norm's scale, then zeros for the mirrored half
+        self._ln_weight: dict[int, Any] = {}
+        if not self.fused_rms_norm:
+            norms = [layer[k] for layer in self.layers for k in ("attn_norm", "mlp_norm")] + [self.final_norm]
+            self._ln_weight = {id(w): torch.cat([w, torch.zeros_like(w)]) for w in norms}
+
+    @property
+    def fusions(self) -> dict:
+        """How this torch runs the decode step's fused parts (recorded in the fingerprint)."""
+        return {
+            "attention_mask": "one table row per step",
+            "rms_norm": "fused kernel" if self.fused_rms_norm else "layer_norm of [x, -x]",
+            "residual_add": "accumulated by the matrix product (addmm_, beta 1)",
+            "argmax": f"two passes of {self.argmax_chunk}" if self.argmax_chunk else "one pass",
+        }
 
     # -- building blocks -------------------------------------------------------
 
     def rms_norm(self, x: Any, weight: Any) -> Any:
-        if hasattr(self.F, "rms_norm"):
-            return self.F.rms_norm(x, (x.shape[-1],), weight, self.shape.norm_eps)
-        xf = x.float()
-        xf = xf * self.torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.shape.norm_eps)
-        return xf.to(x.dtype) * weight
+        """x / sqrt(mean(x^2) + eps) * weight, in as few kernels as this torch allows.
+
+        Without the fused kernel, layer_norm of [x, -x] is the same function: that
+        vector's mean is 0 and its variance is mean(x^2), so its first half comes
+        out as x / sqrt(mean(x^2) + eps).  Three kernels (neg, cat, layer_norm,
+        which computes in fp32) instead of the eight of the decomposed F.rms_norm.
+        """
+        dim = x.shape[-1]
+        if self.fused_rms_norm:
+            return self.F.rms_norm(x, (dim,), weight, self.shape.norm_eps)
+        doubled = self._ln_weight.get(id(weight))
+        if doubled is None:  # a weight made after __init__ (tests)
+            doubled = self._ln_weight[id(weight)] = self.torch.cat([weight, self.torch.zeros_like(weight)])
+        mirrored = self.torch.cat([x, x.neg()], dim=-1)
+        return self.F.layer_norm(mirrored, (2 * dim,), doubled, None, self.shape.norm_eps)[..., :dim]
+
+    def attention_mask(self) -> Any:
+        """The additive mask of this step: the table's row for the current position (one kernel)."""
+        return self.mask_table.index_select(0, self.pos).view(1, 1, 1, self.shape.max_len)
+
+    def residual_linear(self, x: Any, h: Any, weight: Any) -> Any:
+        """x + h @ weight^T, accumulated into x by the matrix product itself (beta = 1): one kernel, not two.
+
+        In place: the out-of-place ``addmm`` first copies x into its result (a
+        kernel of its own), which is what this avoids.  x is the step's own
+        residual stream, so nothing else sees it change.
+        """
+        x.view(-1, x.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), weight.t())
+        return x
+
+    def next_token(self, logits: Any) -> Any:
+        """argmax over the vocabulary in two wide passes (maxima of chunks, then the best chunk).
+
+        One reduction over 128k entries per sequence runs a block per sequence
+        (8 blocks for 8 sequences); the chunked maxima fill the GPU.  Ties go to
+        the first index either way, so the token is the same.
+        """
+        chunk = self.argmax_chunk
+        if not chunk:
+            return logits.argmax(dim=-1)
+        best, within = logits.view(logits.shape[0], -1, chunk).max(dim=-1)
+        which = best.argmax(dim=-1, keepdim=True)
+        return (which * chunk + within.gather(1, which)).view(-1)
 
     def split_qkv(self, qkv: Any, cis: Any) -> tuple[Any, Any, Any]:
         """(B, T, fused) -> rotated q (B, T, H, hd), rotated k and v (B, T, Hkv, hd)."""
@@ -103,9 +188,13 @@ class Decoder:
         v = qkv[..., (nq + nkv) * hd :].view(B, T, nkv, hd)
         return qk[:, :, :nq], qk[:, :, nq:], v
 
-    def mlp(self, x: Any, layer: dict) -> Any:
+    def mlp_in(self, x: Any, layer: dict) -> Any:
+        """SwiGLU's input to its down projection: silu(gate) * up of the normed x."""
         gate, up = self.F.linear(self.rms_norm(x, layer["mlp_norm"]), layer["w13"]).chunk(2, dim=-1)
-        return self.F.linear(self.F.silu(gate) * up, layer["w2"])
+        return self.F.silu(gate) * up
+
+    def mlp(self, x: Any, layer: dict) -> Any:
+        return self.F.linear(self.mlp_in(x, layer), layer["w2"])
 
     def logits(self, x_last: Any) -> Any:
         return self.F.linear(self.rms_norm(x_last, self.final_norm), self.embed)
@@ -153,16 +242,16 @@ class Decoder:
         B, hd = s.batch, s.head_dim
         x = F.embedding(self.token.view(B, 1), self.embed)
         cis = self.cis.index_select(0, self.pos).view(1, 1, 1, -1)
-        visible = (self.positions <= self.pos).view(1, 1, 1, s.max_len)
+        mask = self.attention_mask()
         for i, layer in enumerate(self.layers):
             q, k, v = self.split_qkv(F.linear(self.rms_norm(x, layer["attn_norm"]), layer["wqkv"]), cis)
             self.k_cache[i].index_copy_(2, self.pos, k.transpose(1, 2))
             self.v_cache[i].index_copy_(2, self.pos, v.transpose(1, 2))
             q = q.reshape(B, s.n_kv_heads, s.group, hd)
-            attn = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=visible)
-            x = x + F.linear(attn.reshape(B, 1, s.n_heads * hd), layer["wo"])
-            x = x + self.mlp(x, layer)
+            attn = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
+            x = self.residual_linear(x, attn.reshape(B, 1, s.n_heads * hd), layer["wo"])
+            x = self.residual_linear(x, self.mlp_in(x, layer), layer["w2"])
         logits = self.logits(x[:, 0])
-        self.token.copy_(logits.argmax(dim=-1))
+        self.token.copy_(self.next_token(logits))
         self.pos.add_(1)
         return logits

@@ -39,6 +39,8 @@ AGGREGATE_ECC = 1
 PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT = 0
 PAGE_RETIREMENT_CAUSE_DOUBLE_BIT = 1
 
+EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
+
 # Clock-event ("throttle") reason bits, and whether each one means trouble.
 THROTTLE_REASONS = {
     0x001: ("gpu_idle", False),
@@ -137,6 +139,25 @@ def shutdown(nvml: Any) -> None:
         pass
 
 
+_ABSENT = object()  # the function exists neither in pynvml nor in the driver's libnvidia-ml
+
+
+def _call(nvml: Any, function: str, *args: Any) -> Any:
+    """Like :func:`query`, but ``_ABSENT`` when the function is missing from pynvml or the driver."""
+    fn: Optional[Callable[..., Any]] = getattr(nvml, function, None)
+    if fn is None:
+        return _ABSENT
+    try:
+        return fn(*args)
+    except Exception as exc:
+        code = error_code(exc)
+        if code == ERROR_GPU_IS_LOST:
+            raise GpuLost(str(exc)) from None
+        if code == ERROR_FUNCTION_NOT_FOUND:
+            return _ABSENT
+        return None
+
+
 def query(nvml: Any, function: str, *args: Any) -> Any:
     """Call an NVML function; None when unsupported, not permitted or absent.
 
@@ -144,22 +165,22 @@ def query(nvml: Any, function: str, *args: Any) -> Any:
     consumer boards, energy before Volta...), so it becomes null in the
     fingerprint instead of an error.  A lost GPU is the exception: it raises.
     """
-    fn: Optional[Callable[..., Any]] = getattr(nvml, function, None)
-    if fn is None:
-        return None
-    try:
-        return fn(*args)
-    except Exception as exc:
-        if error_code(exc) == ERROR_GPU_IS_LOST:
-            raise GpuLost(str(exc)) from None
-        return None
+    value = _call(nvml, function, *args)
+    return None if value is _ABSENT else value
 
 
 def query_first(nvml: Any, functions: tuple[str, ...], *args: Any) -> Any:
-    """The first of several spellings of a function that answers."""
+    """The answer of the first spelling that both pynvml and the driver have.
+
+    pynvml may carry a function (``..._v2``, ``...ClocksEventReasons``) that an
+    older driver's libnvidia-ml lacks: the call then fails with
+    FUNCTION_NOT_FOUND and the older spelling must be tried.  Any other answer,
+    NotSupported included, is the GPU's answer and ends the search.
+    """
     for name in functions:
-        if getattr(nvml, name, None) is not None:
-            return query(nvml, name, *args)
+        value = _call(nvml, name, *args)
+        if value is not _ABSENT:
+            return value
     return None
 
 
@@ -229,6 +250,8 @@ def device_info(nvml: Any, index: int) -> dict:
     retired_sbe = query(nvml, "nvmlDeviceGetRetiredPages", handle, PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT)
     retired_pending = query(nvml, "nvmlDeviceGetRetiredPagesPendingStatus", handle)
     mask = throttle_mask(nvml, handle)
+    mig = query(nvml, "nvmlDeviceGetMigMode", handle)
+    persistence = query(nvml, "nvmlDeviceGetPersistenceMode", handle)
     return {
         "index": index,
         "name": text(query(nvml, "nvmlDeviceGetName", handle)),
@@ -260,7 +283,32 @@ def device_info(nvml: Any, index: int) -> dict:
         "remapped_rows_pending": bool(remapped[2]) if remapped else None,
         "remapped_rows_failure": bool(remapped[3]) if remapped else None,
         "throttle_reasons": throttle_reason_names(mask),
+        "mig_enabled": bool(mig[0]) if mig else None,
+        # DCGM level-1 style deployment facts
+        "power_limit_default_w": _mw_to_w(query(nvml, "nvmlDeviceGetPowerManagementDefaultLimit", handle)),
+        "persistence_mode": bool(persistence) if persistence is not None else None,
+        "pcie_link_gen_current": query(nvml, "nvmlDeviceGetCurrPcieLinkGeneration", handle),
+        "pcie_link_gen_max": query_first(
+            nvml, ("nvmlDeviceGetGpuMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkGeneration"), handle
+        ),
+        "pcie_link_width_current": query(nvml, "nvmlDeviceGetCurrPcieLinkWidth", handle),
+        "pcie_link_width_max": query(nvml, "nvmlDeviceGetMaxPcieLinkWidth", handle),
+        "compute_processes": compute_processes(nvml, handle),
     }
+
+
+def compute_processes(nvml: Any, handle: Any) -> Optional[list[dict]]:
+    """Processes holding a CUDA context on the GPU: their work would share (and skew) the measurements."""
+    procs = query_first(
+        nvml, ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"), handle
+    )
+    if procs is None:
+        return None
+    out = []
+    for p in procs:
+        used = getattr(p, "usedGpuMemory", None)
+        out.append({"pid": getattr(p, "pid", None), "used_memory_bytes": used if isinstance(used, int) else None})
+    return out
 
 
 def all_devices(nvml: Any) -> list[dict]:
@@ -268,11 +316,15 @@ def all_devices(nvml: Any) -> list[dict]:
     return [device_info(nvml, i) for i in range(count)]
 
 
-def match_device(devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[str]) -> Optional[int]:
-    """NVML index of the device torch runs on.
+def match_device(
+    devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[str]
+) -> tuple[Optional[int], str]:
+    """(NVML index of the device torch runs on, how it was matched) or (None, why not).
 
     torch's device 0 is not necessarily NVML's 0 (CUDA_VISIBLE_DEVICES, device
-    ordering), so match on UUID, then PCI bus id, and fall back to the first.
+    ordering), so match on UUID, then PCI bus id.  When neither matches, NVML's
+    only device is still the right one, but among several a guess would read
+    another GPU's power, clocks and energy (another tenant's, perhaps): none.
     """
 
     def norm_uuid(u: Optional[str]) -> Optional[str]:
@@ -285,13 +337,69 @@ def match_device(devices: list[dict], uuid: Optional[str], pci_bus_id: Optional[
     if want:
         for d in devices:
             if norm_uuid(d.get("uuid")) == want:
-                return d["index"]
+                return d["index"], "uuid"
     if pci_bus_id:
         tail = pci_bus_id.lower()[-7:]  # "bb:dd.f" is common to the 8- and 4-digit domain forms
         for d in devices:
             if d.get("pci_bus_id") and d["pci_bus_id"].lower().endswith(tail):
-                return d["index"]
-    return devices[0]["index"] if devices else None
+                return d["index"], "pci_bus_id"
+    if not devices:
+        return None, "no NVML device to match CUDA device 0 with: no telemetry"
+    if len(devices) == 1:
+        return devices[0]["index"], "the only NVML device (UUID and PCI bus id did not match)"
+    return None, (
+        f"CUDA device 0 (UUID {uuid or '?'}, PCI {pci_bus_id or '?'}) matches none of {len(devices)} "
+        "NVML devices: no telemetry or energy rather than another GPU's"
+    )
+
+
+# NVML's total-energy counter (millijoules) is refreshed every 20-100 ms depending
+# on the GPU, so a delta over a shorter window may be 0 or one refresh off: energy
+# is measured over windows of at least this length, or reported as null.
+MIN_ENERGY_WINDOW_S = 1.0
+# Power samples integrate to an energy only with enough of them in the window.
+MIN_POWER_SAMPLES = 5
+
+MIG_ENERGY_NOTE = (
+    "MIG slice: NVML's power and energy are the parent GPU's, the work of every MIG tenant, not this run's"
+)
+
+
+def window_energy(
+    e0_mj: Optional[int],
+    e1_mj: Optional[int],
+    seconds: float,
+    power_w: list[float],
+    blocked: Optional[str] = None,
+    min_window_s: float = MIN_ENERGY_WINDOW_S,
+) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(joules, method, why null) for one window; never 0 J for a window in which work ran.
+
+    The counter's delta is exact over a long enough window; an unchanged or
+    decreasing counter measured nothing.  Without a counter, the mean of the
+    power samples in the window times its length is an estimate.
+    """
+    if blocked:
+        return None, None, blocked
+    if seconds < min_window_s:
+        return None, None, (
+            f"window {seconds:.3f} s is shorter than {min_window_s:g} s: NVML's energy counter "
+            "updates every 20-100 ms, too coarse for it"
+        )
+    counter_note = None
+    if e0_mj is not None and e1_mj is not None:
+        if e1_mj > e0_mj:
+            return (e1_mj - e0_mj) / 1000.0, "counter", None
+        counter_note = (
+            f"energy counter did not advance over {seconds:.2f} s of work"
+            if e1_mj == e0_mj
+            else "energy counter went backwards (driver reload or GPU reset?)"
+        )
+    if len(power_w) >= MIN_POWER_SAMPLES:
+        return sum(power_w) / len(power_w) * seconds, "power_samples", counter_note
+    return None, None, counter_note or (
+        f"no energy counter and {len(power_w)} power sample(s) in the window (fewer than {MIN_POWER_SAMPLES})"
+    )
 
 
 @dataclass
@@ -303,20 +411,46 @@ class Sample:
     power_w: Optional[float]
     temperature_c: Optional[int]
     sm_clock_mhz: Optional[int]
+    throttle_mask: Optional[int] = None
+
+
+def _agg(values: list, *, integer: bool = False) -> Optional[dict]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    mean = sum(vals) / len(vals)
+    if integer:
+        return {"mean": mean, "min": int(min(vals)), "max": int(max(vals))}
+    return {"mean": mean, "min": min(vals), "max": max(vals)}
 
 
 class TelemetrySampler:
     """Samples one GPU in a background thread while the workload runs.
 
-    Energy comes from the device's total-energy counter (a delta, exact) when it
-    exists, else from integrating sampled power (an estimate, labelled so).
+    Energy comes from the device's total-energy counter (a delta, exact over a
+    window of at least MIN_ENERGY_WINDOW_S) when it exists, else from
+    integrating sampled power (an estimate, labelled so).  Throttle reasons are
+    read with every sample, since after the workload the GPU is idle and its
+    clocks are free again.  ``energy_blocked`` names why energy must not be
+    reported at all (a MIG slice).
     """
 
-    def __init__(self, nvml: Any, index: int, interval_s: float = 0.1):
+    def __init__(
+        self,
+        nvml: Any,
+        index: int,
+        interval_s: float = 0.1,
+        energy_blocked: Optional[str] = None,
+        clock: Callable[[], float] = time.perf_counter,
+        matched_by: Optional[str] = None,
+    ):
         self.nvml = nvml
         self.index = index
         self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
         self.interval_s = interval_s
+        self.energy_blocked = energy_blocked
+        self.clock = clock
+        self.matched_by = matched_by
         self.samples: list[Sample] = []
         self.phases: dict[str, dict] = {}
         self._open: dict[str, tuple[float, Optional[int]]] = {}
@@ -326,16 +460,33 @@ class TelemetrySampler:
         self._t1 = 0.0
         self._energy0: Optional[int] = None
         self._energy1: Optional[int] = None
+        self.throttle_seen = 0
+        self.xid_events: Optional[list[int]] = None
+        self.xid_note: Optional[str] = None
+        self._event_set: Any = None
         self.before: dict = {}
         self.after: dict = {}
         self.error: Optional[str] = None
 
+    @property
+    def measures_energy(self) -> bool:
+        """Whether a long energy window is worth running (a counter or power readings, and no MIG)."""
+        if self.energy_blocked:
+            return False
+        return self.energy_mj() is not None or query(self.nvml, "nvmlDeviceGetPowerUsage", self.handle) is not None
+
     def energy_mj(self) -> Optional[int]:
         return query(self.nvml, "nvmlDeviceGetTotalEnergyConsumption", self.handle)
 
+    def _throttle(self) -> Optional[int]:
+        mask = throttle_mask(self.nvml, self.handle)
+        if mask is not None:
+            self.throttle_seen |= mask
+        return mask
+
     def snapshot(self) -> dict:
         """Clocks, temperature and throttle reasons at one instant."""
-        mask = throttle_mask(self.nvml, self.handle)
+        mask = self._throttle()
         return {
             "sm_clock_mhz": query(self.nvml, "nvmlDeviceGetClockInfo", self.handle, CLOCK_SM),
             "mem_clock_mhz": query(self.nvml, "nvmlDeviceGetClockInfo", self.handle, CLOCK_MEM),
@@ -345,110 +496,130 @@ class TelemetrySampler:
             "throttle_mask": mask,
         }
 
-    def _sample(self) -> Sample:
+    def sample_once(self) -> Sample:
+        """Read one sample now (the background thread's step; the workload calls it mid-burst too)."""
         util = query(self.nvml, "nvmlDeviceGetUtilizationRates", self.handle)
         mem = query(self.nvml, "nvmlDeviceGetMemoryInfo", self.handle)
-        return Sample(
-            t=time.perf_counter(),
+        sample = Sample(
+            t=self.clock(),
             utilization_gpu=_attr(util, "gpu"),
             utilization_memory=_attr(util, "memory"),
             memory_used=_attr(mem, "used"),
             power_w=_mw_to_w(query(self.nvml, "nvmlDeviceGetPowerUsage", self.handle)),
             temperature_c=query(self.nvml, "nvmlDeviceGetTemperature", self.handle, TEMPERATURE_GPU),
             sm_clock_mhz=query(self.nvml, "nvmlDeviceGetClockInfo", self.handle, CLOCK_SM),
+            throttle_mask=self._throttle(),
         )
+        self.samples.append(sample)
+        return sample
+
+    def _watch_xids(self) -> None:
+        """Register for XID critical errors (driver-reported GPU faults) during the run, where NVML allows."""
+        try:
+            self._event_set = self.nvml.nvmlEventSetCreate()
+            self.nvml.nvmlDeviceRegisterEvents(self.handle, EVENT_TYPE_XID_CRITICAL_ERROR, self._event_set)
+            self.xid_events = []
+        except Exception as exc:
+            self._event_set = None
+            self.xid_note = f"XID events not available: {' '.join(str(exc).split())[:120]}"
+
+    def poll_xids(self) -> None:
+        """Collect XID events that arrived since the last poll (never waits)."""
+        if self._event_set is None:
+            return
+        while True:
+            try:
+                data = self.nvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except Exception:  # NVML_ERROR_TIMEOUT: nothing pending
+                return
+            self.xid_events.append(int(getattr(data, "eventData", 0)))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append(self._sample())
+                self.sample_once()
+                self.poll_xids()
             except Exception as exc:  # a sampler must never take the probe down
                 self.error = str(exc)
                 return
             self._stop.wait(self.interval_s)
 
-    def start(self) -> None:
+    def start(self, background: bool = True) -> None:
+        self._watch_xids()
         self.before = self.snapshot()
         self._energy0 = self.energy_mj()
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="selftest-telemetry", daemon=True)
-        self._thread.start()
+        self._t0 = self.clock()
+        if background:
+            self._thread = threading.Thread(target=self._run, name="selftest-telemetry", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._t1 = time.perf_counter()
+        self._t1 = self.clock()
         self._energy1 = self.energy_mj()
         self.after = self.snapshot()
+        self.poll_xids()
+        if self._event_set is not None:
+            try:
+                self.nvml.nvmlEventSetFree(self._event_set)
+            except Exception:
+                pass
+            self._event_set = None
 
     def begin_phase(self, name: str) -> None:
         """Mark the start of a timed phase (call after synchronising the device)."""
-        self._open[name] = (time.perf_counter(), self.energy_mj())
+        self._open[name] = (self.clock(), self.energy_mj())
 
     def end_phase(self, name: str, tokens: int) -> None:
-        """Close a phase: its energy and joules per token."""
+        """Close a phase: its energy (over a long enough window) and joules per token."""
         t0, e0 = self._open.pop(name)
-        t1, e1 = time.perf_counter(), self.energy_mj()
-        energy_j, method = None, None
-        if e0 is not None and e1 is not None and e1 >= e0:
-            energy_j, method = (e1 - e0) / 1000.0, "counter"
-        else:
-            mean_w = self._mean_power(t0, t1)
-            if mean_w is not None:
-                energy_j, method = mean_w * (t1 - t0), "power_samples"
+        t1, e1 = self.clock(), self.energy_mj()
+        inside = [s for s in self.samples if t0 <= s.t <= t1]
+        power = [s.power_w for s in inside if s.power_w is not None]
+        energy_j, method, note = window_energy(e0, e1, t1 - t0, power, self.energy_blocked)
         self.phases[name] = {
             "seconds": t1 - t0,
             "tokens": tokens,
             "energy_j": energy_j,
             "energy_method": method,
+            "energy_note": note,
             "joules_per_token": energy_j / tokens if energy_j is not None and tokens else None,
+            "samples": len(inside),
+            "power_w": sum(power) / len(power) if power else None,
+            "sm_clock_mhz": _agg([s.sm_clock_mhz for s in inside], integer=True),
         }
-
-    def _mean_power(self, t0: float, t1: float) -> Optional[float]:
-        inside = [s.power_w for s in self.samples if t0 <= s.t <= t1 and s.power_w is not None]
-        if not inside:  # phase shorter than the sampling interval: take the nearest sample
-            near = [s for s in self.samples if s.power_w is not None]
-            if not near:
-                return None
-            mid = (t0 + t1) / 2
-            inside = [min(near, key=lambda s: abs(s.t - mid)).power_w]
-        return sum(inside) / len(inside)
 
     def summary(self) -> dict:
         """Telemetry section of the fingerprint."""
-
-        def agg(values: list, *, integer: bool = False) -> Optional[dict]:
-            vals = [v for v in values if v is not None]
-            if not vals:
-                return None
-            mean = sum(vals) / len(vals)
-            return {"mean": mean, "max": max(vals)} if not integer else {"mean": mean, "max": int(max(vals))}
-
         duration = max(self._t1 - self._t0, 0.0)
-        energy_j, method = None, None
-        if self._energy0 is not None and self._energy1 is not None and self._energy1 >= self._energy0:
-            energy_j, method = (self._energy1 - self._energy0) / 1000.0, "counter"
-        else:
-            mean_w = agg([s.power_w for s in self.samples])
-            if mean_w is not None:
-                energy_j, method = mean_w["mean"] * duration, "power_samples"
+        power = [s.power_w for s in self.samples if s.power_w is not None]
+        energy_j, method, note = window_energy(self._energy0, self._energy1, duration, power, self.energy_blocked)
         mem = [s.memory_used for s in self.samples if s.memory_used is not None]
         return {
             "available": True,
             "note": self.error,
             "nvml_index": self.index,
+            "nvml_matched_by": self.matched_by,
             "interval_s": self.interval_s,
             "samples": len(self.samples),
             "duration_s": duration,
-            "utilization_gpu_pct": agg([s.utilization_gpu for s in self.samples]),
-            "utilization_memory_pct": agg([s.utilization_memory for s in self.samples]),
+            "power_scope": "parent GPU (all MIG tenants)" if self.energy_blocked == MIG_ENERGY_NOTE else "GPU",
+            "utilization_gpu_pct": _agg([s.utilization_gpu for s in self.samples], integer=True),
+            "utilization_memory_pct": _agg([s.utilization_memory for s in self.samples], integer=True),
             "memory_used_bytes_max": max(mem) if mem else None,
-            "power_w": agg([s.power_w for s in self.samples]),
-            "temperature_c": agg([s.temperature_c for s in self.samples]),
-            "sm_clock_mhz": agg([s.sm_clock_mhz for s in self.samples]),
+            "power_w": _agg(power),
+            "temperature_c": _agg([s.temperature_c for s in self.samples], integer=True),
+            "sm_clock_mhz": _agg([s.sm_clock_mhz for s in self.samples], integer=True),
             "energy_j": energy_j,
             "energy_method": method,
+            "energy_note": note,
+            "min_energy_window_s": MIN_ENERGY_WINDOW_S,
+            "xid_events": self.xid_events,
+            "xid_note": self.xid_note,
+            "throttle_mask_seen": self.throttle_seen,
+            "throttle_reasons_seen": throttle_reason_names(self.throttle_seen),
             "before": self.before,
             "after": self.after,
             "phases": self.phases,
@@ -472,6 +643,11 @@ class NullTelemetry:
     def begin_phase(self, name: str) -> None:
         self._open[name] = time.perf_counter()
 
+    measures_energy = False
+
+    def sample_once(self) -> None:
+        pass
+
     def end_phase(self, name: str, tokens: int) -> None:
         t0 = self._open.pop(name)
         self.phases[name] = {
@@ -479,6 +655,7 @@ class NullTelemetry:
             "tokens": tokens,
             "energy_j": None,
             "energy_method": None,
+            "energy_note": self.note,
             "joules_per_token": None,
         }
 

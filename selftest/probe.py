@@ -87,23 +87,51 @@ def _telemetry_for(validation: validate.Validation, mode: str) -> Any:
         return nvml.NullTelemetry("CPU run: no GPU telemetry or energy counter")
     if validation.nvml is None or validation.nvml_index is None:
         return nvml.NullTelemetry(validation.nvml_note or "NVML not available: no telemetry")
+    device = next((d for d in validation.nvml_devices if d.get("index") == validation.nvml_index), {})
+    cuda_uuid = (validation.torch_devices[0].get("uuid") or "") if validation.torch_devices else ""
+    mig = bool(device.get("mig_enabled")) or cuda_uuid.upper().startswith("MIG-")
     try:
-        return nvml.TelemetrySampler(validation.nvml, validation.nvml_index)
+        return nvml.TelemetrySampler(
+            validation.nvml,
+            validation.nvml_index,
+            energy_blocked=nvml.MIG_ENERGY_NOTE if mig else None,
+            matched_by=validation.nvml_match,
+        )
     except Exception as exc:
         return nvml.NullTelemetry(f"NVML telemetry unavailable: {exc}")
 
 
 def _throttle_check(telemetry: dict) -> Optional[Check]:
-    after = telemetry.get("after") or {}
-    bad = nvml.harmful_throttle_reasons(after.get("throttle_mask"))
+    """Harmful throttle reasons seen in any sample of the run (the union of the masks)."""
+    bad = nvml.harmful_throttle_reasons(telemetry.get("throttle_mask_seen"))
     if bad:
         return Check(
             "gpu.throttle",
             WARN,
-            f"clocks held down after the workload: {', '.join(bad)}",
+            f"clocks held down during the workload: {', '.join(bad)}",
             "check cooling and power (`nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER`)",
         )
     return None
+
+
+# XIDs that mean the GPU itself failed (double-bit ECC, fallen off the bus, uncontained/contained
+# ECC errors); others (13, 31, 43: a program's fault, often) only warn.
+FATAL_XIDS = {48, 79, 94, 95}
+
+
+def _xid_check(telemetry: dict) -> Optional[Check]:
+    """Driver-reported GPU faults (XID events) on the GPU under test while the probe ran."""
+    events = telemetry.get("xid_events")
+    if not events:
+        return None
+    fatal = sorted(set(events) & FATAL_XIDS)
+    return Check(
+        "gpu.xid",
+        FAIL if fatal else WARN,
+        f"XID event(s) during the run: {', '.join(map(str, events))}"
+        + (f" (GPU faults: {', '.join(map(str, fatal))})" if fatal else ""),
+        "read the kernel log (`dmesg | grep -i xid`) and NVIDIA's XID catalog; drain the node if it recurs",
+    )
 
 
 def _write(document: dict, path: str, fallback: bool, checks: list[Check]) -> Optional[str]:
@@ -189,9 +217,9 @@ def run_probe(opts: ProbeOptions) -> ProbeOutcome:
             except Exception:
                 pass
         telemetry_doc = telemetry.summary()
-        throttle = _throttle_check(telemetry_doc)
-        if throttle:
-            checks.append(throttle)
+        for extra in (_throttle_check(telemetry_doc), _xid_check(telemetry_doc)):
+            if extra:
+                checks.append(extra)
     if validation.nvml is not None:
         nvml.shutdown(validation.nvml)
 

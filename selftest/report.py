@@ -57,17 +57,48 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
         t = gemm["tflops"]
         digits = 3 if t["median"] < 10 else 1
         error = "n/a" if gemm.get("rel_error") is None else f"{gemm['rel_error']:.1e}"
+        clock = gemm.get("sm_clock_mhz")
         rows.append(
             (
                 f"gemm {gemm['dtype']} {gemm['n']}^3",
-                f"{num(t['median'], digits)} TFLOP/s (p10 {num(t['p10'], digits)}, p90 {num(t['p90'], digits)}), "
-                f"rel. error {error}",
+                f"{num(t['median'], digits)} TFLOP/s burst (p10 {num(t['p10'], digits)}, p90 {num(t['p90'], digits)}), "
+                f"rel. error {error}" + (f", SM clock {clock['min']}-{clock['max']} MHz" if clock else ""),
             )
         )
+    if gemm and gemm.get("sweep"):
+        best = gemm["sweep"]["best"]
+        rows.append(
+            (
+                "gemm best shape",
+                f"{num(best['tflops'], 3 if best['tflops'] < 10 else 1)} TFLOP/s at "
+                f"{best['m']}x{best['n']}x{best['k']} (best of {len(gemm['sweep']['shapes'])} shapes)",
+            )
+        )
+    sustained = (gemm or {}).get("sustained")
+    if sustained:
+        digits = 3 if sustained["tflops"] < 10 else 1
+        clock = sustained.get("sm_clock_mhz")
+        text = (
+            f"{num(sustained['tflops'], digits)} TFLOP/s over {sustained['seconds']:.1f} s "
+            f"(second half {num(sustained['tflops_second_half'], digits)})"
+        )
+        if clock:
+            text += f", SM clock {clock['min']}-{clock['max']} MHz (mean {num(clock['mean'], 0)})"
+        if sustained.get("power_w") is not None:
+            text += f", power {num(sustained['power_w'], 0)} W"
+        rows.append(("gemm sustained", text))
     copy = res.get("copy")
     if copy:
         g = copy["gb_per_s"]
-        rows.append(("copy (read+write)", f"{num(g['median'])} GB/s over a {copy['bytes'] / 2**20:.0f} MiB buffer"))
+        once = copy.get("gb_per_s_bytes_once")
+        method = f", {copy['method']} (the faster of copy_ and an SM kernel)" if copy.get("method") else ""
+        rows.append(
+            (
+                "copy (read+write)",
+                f"{num(g['median'])} GB/s over a {copy['bytes'] / 2**20:.0f} MiB buffer{method}"
+                + (f"; {num(once)} GB/s counting bytes once (nvbandwidth)" if once else ""),
+            )
+        )
     dec = wl.get("decoder") or {}
     prefill = res.get("prefill")
     if prefill:
@@ -106,14 +137,26 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
     if tel.get("available"):
         power = tel.get("power_w") or {}
         util = tel.get("utilization_gpu_pct") or {}
+        energy = (
+            f"energy {num(tel.get('energy_j'), 1)} J ({tel.get('energy_method')})"
+            if tel.get("energy_j") is not None
+            else f"energy n/a ({tel.get('energy_note') or 'not measured'})"
+        )
         rows.append(
             (
                 "telemetry",
                 f"power mean {num(power.get('mean'), 0)} W / max {num(power.get('max'), 0)} W, "
-                f"GPU busy {num(util.get('mean'), 0)}%, energy {num(tel.get('energy_j'), 1)} J "
-                f"({tel.get('energy_method') or 'n/a'})",
+                f"GPU busy {num(util.get('mean'), 0)}%, {energy}",
             )
         )
+        seen = [r for r in (tel.get("throttle_reasons_seen") or []) if r != "gpu_idle"]
+        if seen:
+            rows.append(("clock limits seen", ", ".join(seen) + " (in some sample of the run)"))
+        if tel.get("xid_events"):
+            rows.append(("XID events", ", ".join(map(str, tel["xid_events"]))))
+        for name, phase in (tel.get("phases") or {}).items():
+            if phase.get("tokens") and phase.get("energy_j") is None and phase.get("energy_note"):
+                rows.append((f"energy {name}", f"n/a: {phase['energy_note']}"))
     else:
         rows.append(("telemetry", tel.get("note") or "not available"))
     cost = doc.get("cost") or {}

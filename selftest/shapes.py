@@ -73,6 +73,17 @@ class Workload:
     decode_runs: int
     warmup_iters: int
     warmup_seconds: float
+    # Energy windows are stretched to this length (repeating the phase's work) so
+    # that NVML's energy counter can measure them; 0 leaves them as timed (--quick,
+    # where energy is then reported as null with the reason).
+    energy_window_s: float = 0.0
+    # Sustained GEMM: the reference product back to back for at least this long
+    # (clocks settle under the power and thermal limits); 0 skips it.
+    gemm_sustain_s: float = 0.0
+    # MAMF-style sweep: every (m, n, k) with each dimension from these sizes,
+    # ``gemm_sweep_iters`` timed products each; empty skips it.
+    gemm_sweep: tuple[int, ...] = ()
+    gemm_sweep_iters: int = 10
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,6 +114,10 @@ WORKLOADS = {
         decode_runs=5,
         warmup_iters=5,
         warmup_seconds=0.5,
+        energy_window_s=1.1,  # NVML's 1 s minimum with a margin for the sampler's own clock reads
+        gemm_sustain_s=2.0,
+        gemm_sweep=(7168, 8192, 9216),  # 27 shapes around 8192, about a second on an H200
+        gemm_sweep_iters=10,
     ),
     ("gpu", True): Workload(
         gemm_n=4096,
@@ -145,6 +160,9 @@ WORKLOADS = {
         decode_runs=3,
         warmup_iters=2,
         warmup_seconds=0.0,
+        gemm_sustain_s=1.0,
+        gemm_sweep=(896, 1024),
+        gemm_sweep_iters=2,
     ),
     ("cpu", True): Workload(
         gemm_n=512,

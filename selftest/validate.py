@@ -8,6 +8,7 @@ values so they can be tested without torch or a GPU.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
@@ -177,16 +178,67 @@ def parse_major_minor(version: Optional[str]) -> Optional[tuple[int, int]]:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def driver_check(driver_version: Optional[str], cuda_driver: Optional[str], torch_cuda: Optional[str]) -> Check:
+def libcuda_info(
+    loader: Callable[[str], Any] = ctypes.CDLL, maps_text: Optional[str] = None
+) -> dict:
+    """The CUDA version of the libcuda this process loads (cuDriverGetVersion), and its file.
+
+    NVML reports what the kernel driver supports.  With NVIDIA's forward
+    compatibility package (cuda-compat) on the library path, the user-mode
+    libcuda is newer than that, and it is libcuda that torch talks to.
+    cuDriverGetVersion needs no cuInit, so reading it costs nothing.
+    """
+    info: dict = {"libcuda_cuda_version": None, "libcuda_cuda_version_code": None, "libcuda_path": None}
+    try:
+        lib = loader("libcuda.so.1")
+        code = ctypes.c_int(0)
+        status = lib.cuDriverGetVersion(ctypes.byref(code))
+    except (OSError, AttributeError):
+        return info
+    if status != 0 or code.value <= 0:
+        return info
+    info["libcuda_cuda_version_code"] = code.value
+    info["libcuda_cuda_version"] = nvml_mod.cuda_version_text(code.value)
+    if maps_text is None:
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+                maps_text = fh.read()
+        except OSError:
+            maps_text = ""
+    for line in maps_text.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if "/libcuda.so" in path:
+            info["libcuda_path"] = path
+            break
+    return info
+
+
+def driver_check(
+    driver_version: Optional[str],
+    cuda_driver: Optional[str],
+    torch_cuda: Optional[str],
+    libcuda_cuda: Optional[str] = None,
+) -> Check:
     """The driver must support at least the CUDA version torch was built with.
 
-    Within one major version CUDA's minor-version compatibility lets a newer
-    runtime run on an older driver, minus features that need the newer driver
-    (and PTX JIT), so that is a warning; an older major version is a failure.
+    ``cuda_driver`` is what NVML says the kernel driver supports;
+    ``libcuda_cuda`` what the loaded libcuda says (cuDriverGetVersion).  When
+    libcuda is newer, the forward-compatibility libraries are in use and they
+    decide.  Within one major version CUDA's minor-version compatibility lets a
+    newer runtime run on an older driver, minus features that need the newer
+    driver (and PTX JIT), so that is a warning; an older major version is a failure.
     """
-    have = parse_major_minor(cuda_driver)
+    kernel = parse_major_minor(cuda_driver)
+    library = parse_major_minor(libcuda_cuda)
     need = parse_major_minor(torch_cuda)
+    forward = kernel is not None and library is not None and library > kernel
+    have = library if forward else kernel
     label = f"driver {driver_version or '?'} (supports CUDA {cuda_driver or '?'})"
+    if forward:
+        label = (
+            f"forward compatibility active: libcuda supports CUDA {libcuda_cuda} "
+            f"on kernel driver {driver_version or '?'} (CUDA {cuda_driver})"
+        )
     if have is None or need is None:
         return Check("nvml.driver", SKIP, f"{label}; torch CUDA {torch_cuda or 'none'}: nothing to compare")
     if have >= need:
@@ -251,8 +303,74 @@ def arch_check(index: int, name: str, capability: tuple[int, int], arch_list: li
 RETIRED_PAGES_WARN = 48  # NVIDIA's guidance treats ~60 retired pages as time for service
 
 
-def health_check(device: Mapping[str, Any]) -> Check:
-    """ECC, retired pages, remapped rows and throttling of one NVML device."""
+def health_check(device: Mapping[str, Any], under_test: bool = True) -> Check:
+    """ECC, retired pages, remapped rows and throttling of one NVML device.
+
+    A fault FAILs the run only on the GPU the workload runs on; on the others
+    (another tenant's, or one CUDA_VISIBLE_DEVICES hides) it is a warning.
+    """
+    check = _health_check(device)
+    if under_test or check.status != FAIL:
+        return check
+    return Check(check.id, WARN, f"{check.message} (not under test: warning only)", check.remedy)
+
+
+def health_checks(devices: list[Mapping[str, Any]], under_test: Optional[int]) -> list[Check]:
+    """One health check per NVML device, and the deployment check of the one under test."""
+    checks = [health_check(d, under_test is not None and d.get("index") == under_test) for d in devices]
+    checks += [config_check(d) for d in devices if under_test is not None and d.get("index") == under_test]
+    return checks
+
+
+def config_check(device: Mapping[str, Any]) -> Check:
+    """How the GPU under test is deployed (DCGM level-1 style): what would skew or slow the numbers.
+
+    Other processes on the GPU share its SMs and memory bandwidth; an enforced
+    power limit below the default caps clocks; a PCIe link narrower than the
+    GPU's maximum is a seating or riser fault.  (A PCIe generation below the
+    maximum is normal at idle: the link trains down to save power.)  Without
+    persistence mode the driver tears the GPU's state down whenever no process
+    holds it, so every start pays for its initialisation again.
+    """
+    idx = device.get("index")
+    name = device.get("name") or f"GPU {idx}"
+    problems, remedies = [], []
+    procs = device.get("compute_processes")
+    if procs:
+        used = sum(p.get("used_memory_bytes") or 0 for p in procs)
+        problems.append(f"{len(procs)} other process(es) on the GPU ({used / 2**30:.1f} GiB)")
+        remedies.append("run the probe on an idle GPU (`nvidia-smi` lists the processes)")
+    enforced, default = device.get("power_limit_w"), device.get("power_limit_default_w")
+    if enforced and default and enforced < default * 0.99:
+        problems.append(f"power limit {enforced:.0f} W below the default {default:.0f} W")
+        remedies.append("expect lower clocks under load; the limit is the host's setting")
+    width, width_max = device.get("pcie_link_width_current"), device.get("pcie_link_width_max")
+    if width and width_max and width < width_max:
+        problems.append(f"PCIe link x{width} of x{width_max}")
+        remedies.append("reseat the GPU or check its riser (`nvidia-smi -q -d PCIE`)")
+    if device.get("persistence_mode") is False:
+        problems.append("persistence mode off")
+        remedies.append("the host enables it with the nvidia-persistenced service")
+
+    def show(key: str, fmt: str = "{}") -> str:
+        value = device.get(key)
+        return "n/a" if value is None else fmt.format(value)
+
+    facts = (
+        f"PCIe gen {show('pcie_link_gen_current')}/{show('pcie_link_gen_max')} "
+        f"x{show('pcie_link_width_current')}/{show('pcie_link_width_max')}, "
+        f"persistence {'on' if device.get('persistence_mode') else 'off' if device.get('persistence_mode') is False else 'n/a'}, "
+        f"power limit {show('power_limit_w', '{:.0f}')} W (default {show('power_limit_default_w', '{:.0f}')} W), "
+        f"{'no' if procs == [] else 'n/a' if procs is None else len(procs)} other process(es), "
+        f"MIG {'on' if device.get('mig_enabled') else 'off' if device.get('mig_enabled') is False else 'n/a'}"
+    )
+    cid = f"gpu.{idx}.config"
+    if problems:
+        return Check(cid, WARN, f"{name}: {'; '.join(problems)} ({facts})", "; ".join(remedies))
+    return Check(cid, PASS, f"{name}: {facts}")
+
+
+def _health_check(device: Mapping[str, Any]) -> Check:
     idx = device.get("index")
     name = device.get("name") or f"GPU {idx}"
     cid = f"gpu.{idx}.health"
@@ -419,6 +537,7 @@ class Validation:
     nvml: Any = None
     nvml_index: Optional[int] = None
     nvml_note: Optional[str] = None
+    nvml_match: Optional[str] = None
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
@@ -555,7 +674,9 @@ def _version_checks(result: Validation, image: ImageInfo, torch: Any) -> None:
             result.add(version_check(check_id, what, v.get(key), image, label, 3, rebuild_env))
 
 
-def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]) -> None:
+def _nvml_checks(
+    result: Validation, image: ImageInfo, loader: Callable[[], Any], libcuda_reader: Callable[[], dict]
+) -> None:
     try:
         nv = loader()
     except nvml_mod.NvmlUnavailable as exc:
@@ -568,6 +689,7 @@ def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]
     result.nvml = nv
     try:
         result.driver = nvml_mod.system_info(nv)
+        result.driver.update(libcuda_reader())
         result.nvml_devices = nvml_mod.all_devices(nv)
     except nvml_mod.GpuLost as exc:
         result.add(
@@ -592,10 +714,9 @@ def _nvml_checks(result: Validation, image: ImageInfo, loader: Callable[[], Any]
             result.driver.get("driver_version"),
             result.driver.get("cuda_driver_version"),
             result.versions.get("torch_cuda"),
+            result.driver.get("libcuda_cuda_version"),
         )
     )
-    for device in result.nvml_devices:
-        result.add(health_check(device))
 
 
 def _torch_device_props(torch: Any, index: int) -> dict:
@@ -715,7 +836,14 @@ def _cuda_checks(result: Validation, torch: Any, require_gpu: bool, environ: Map
         result.add(arch_check(dev["index"], dev["name"], (major, minor), arch_list))
     if result.torch_devices and result.nvml_devices:
         first = result.torch_devices[0]
-        result.nvml_index = nvml_mod.match_device(result.nvml_devices, first.get("uuid"), first.get("pci_bus_id"))
+        result.nvml_index, how = nvml_mod.match_device(
+            result.nvml_devices, first.get("uuid"), first.get("pci_bus_id")
+        )
+        if result.nvml_index is None:
+            result.nvml_note = how
+            result.add(Check("nvml.match", WARN, how, "report the GPU's `nvidia-smi -L` output with the fingerprint"))
+        else:
+            result.nvml_match = how
 
 
 def run(
@@ -723,6 +851,7 @@ def run(
     require_gpu: bool = False,
     nvml_loader: Callable[[], Any] = nvml_mod.load,
     environ: Optional[Mapping[str, str]] = None,
+    libcuda_reader: Callable[[], dict] = libcuda_info,
 ) -> Validation:
     """All validation checks; never raises for a broken environment."""
     environ = os.environ if environ is None else environ
@@ -747,10 +876,11 @@ def run(
     result.torch_ok = torch is not None
     _versions(result, torch)
     _version_checks(result, image, torch)
-    _nvml_checks(result, image, nvml_loader)
+    _nvml_checks(result, image, nvml_loader, libcuda_reader)
     if torch is not None:
         _cuda_checks(result, torch, require_gpu, environ)
     elif require_gpu:
         result.add(Check("cuda.available", FAIL, "no GPU check possible: torch is not importable", "install torch"))
+    result.checks.extend(health_checks(result.nvml_devices, result.nvml_index))
     result.checks.extend(env_checks)
     return result

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from pathlib import Path
 
 from selftest import cost, fingerprint
 from selftest.stats import summarize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample_fingerprint(decode_tps: float = 9000.0, gpu: str = "NVIDIA H200") -> dict:
@@ -43,6 +46,25 @@ def sample_fingerprint(decode_tps: float = 9000.0, gpu: str = "NVIDIA H200") -> 
             "rel_error": 2.1e-3,
             "tolerance": 1e-2,
             "correct": True,
+            "sm_clock_mhz": {"mean": 1980.0, "min": 1980, "max": 1980},
+            "sustained": {
+                "seconds": 2.05,
+                "iters": 1290,
+                "chunk_iters": 62,
+                "tflops": 752.0,
+                "tflops_second_half": 745.0,
+                "chunk_tflops": summarize([770.0, 760.0, 748.0, 744.0]),
+                "sm_clock_mhz": {"mean": 1830.0, "min": 1755, "max": 1980},
+                "power_w": 690.0,
+                "energy_j": 1414.5,
+                "energy_note": None,
+            },
+            "sweep": {
+                "sizes": [8192],
+                "iters": 10,
+                "shapes": [{"m": 8192, "n": 8192, "k": 8192, "seconds": 0.0014, "tflops": 785.0}],
+                "best": {"m": 8192, "n": 8192, "k": 8192, "seconds": 0.0014, "tflops": 785.0},
+            },
         },
         "copy": {
             "bytes": 2**31,

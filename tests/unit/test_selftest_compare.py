@@ -82,3 +82,56 @@ def test_tolerance_must_be_a_fraction(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(selftest_samples.sample_fingerprint()))
     assert main(["compare", str(good), str(good), "--tolerance", "10"]) == 2
+
+
+def test_compare_with_no_metric_in_both_fingerprints_is_not_a_success(tmp_path, capsys):
+    """Two runs without results (no torch, say) compare nothing: that is no 'no regression'."""
+    empty = {"gemm": None, "copy": None, "prefill": None, "decode": None}
+    doc = selftest_samples.variant(selftest_samples.sample_fingerprint(), results=empty)
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(doc))
+    new.write_text(json.dumps(doc))
+    assert main(["compare", str(old), str(new)]) == 2
+    captured = capsys.readouterr()
+    assert "no regression" not in captured.out
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1 and "nothing to compare" in lines[0]
+    assert main(["compare", str(old), str(new), "--json"]) == 2
+
+
+def test_compare_with_one_metric_in_both_compares_it():
+    old = selftest_samples.sample_fingerprint(decode_tps=10000.0)
+    new = selftest_samples.variant(
+        selftest_samples.sample_fingerprint(decode_tps=5000.0), **{"results.gemm": None, "results.copy": None}
+    )
+    old = selftest_samples.variant(old, **{"results.gemm": None, "results.copy": None, "results.prefill": None})
+    result = compare.compare(old, new)
+    assert result.compared == 1 and result.exit_code == 3
+
+
+BEFORE_REVIEW = (
+    selftest_samples.ROOT
+    / "bench/results/gpu/20261130-h200-drv580.159.04-torch2.11.0-before-review-fingerprint.json"
+)
+
+
+def test_a_schema_1_0_fingerprint_from_a_real_h200_still_compares():
+    """The first real H200 fingerprint (schema 1.0) against one of the current schema: same major, comparable."""
+    from selftest import SCHEMA_VERSION, fingerprint
+
+    old = fingerprint.load(str(BEFORE_REVIEW))
+    assert old["schema_version"] == "1.0" and SCHEMA_VERSION.split(".")[0] == "1"
+    new = selftest_samples.variant(old, schema_version=SCHEMA_VERSION)
+    new["results"]["gemm"]["sustained"] = {"tflops": 700.0}  # a figure the old one lacks is just not compared
+    result = compare.compare(old, new)
+    assert result.exit_code == 0 and not result.incomparable
+    assert "schema version: 1.0 -> " + SCHEMA_VERSION in result.changes
+    verdicts = {m["metric"]: m["verdict"] for m in result.metrics}
+    assert verdicts["decode tokens/s"] == "ok" and verdicts["gemm sustained TFLOP/s"] == "n/a"
+
+
+def test_a_schema_1_0_fingerprint_still_validates():
+    pytest.importorskip("jsonschema")
+    from selftest import fingerprint
+
+    assert fingerprint.schema_errors(fingerprint.load(str(BEFORE_REVIEW))) == []

@@ -68,7 +68,7 @@ def test_gemm_and_copy_accounting():
 @pytest.mark.parametrize(
     "name,expected",
     [
-        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200", "H200 SXM"),
         ("NVIDIA H100 80GB HBM3", "H100 SXM"),
         ("NVIDIA H100 PCIe", "H100 PCIe"),
         ("NVIDIA H100 NVL", "H100 NVL"),
@@ -76,15 +76,57 @@ def test_gemm_and_copy_accounting():
         ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
         ("NVIDIA L40S", "L40S"),
         ("NVIDIA L4", "L4"),
-        ("NVIDIA GH200 480GB", None),
+        ("NVIDIA GH200 480GB", "GH200 96GB HBM3"),
         ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),
-        ("Tesla T4", None),
+        ("Tesla T4", "T4"),
+        ("NVIDIA GeForce RTX 4090", None),
         (None, None),
     ],
 )
 def test_datasheet_lookup(name, expected):
     peak = roofline.datasheet_peak(name)
     assert (peak.name if peak else None) == expected
+
+
+@pytest.mark.parametrize(
+    "name,memory_gib,expected,bandwidth,bf16",
+    [
+        # the H200 NVL is a 600 W PCIe card: the H100 NVL's compute, not the SXM part's
+        ("NVIDIA H200 NVL", None, "H200 NVL", 4.8e12, 835e12),
+        ("NVIDIA H200", None, "H200 SXM", 4.8e12, 989e12),
+        # A100 80GB names the table did not spell out fell to the 40GB bandwidth
+        ("NVIDIA A100-SXM-80GB", None, "A100 80GB SXM", 2.039e12, 312e12),
+        ("NVIDIA A100 80GB HBM2e", None, "A100 80GB SXM", 2.039e12, 312e12),
+        ("NVIDIA A100-PCIE-80GB", None, "A100 80GB PCIe", 1.935e12, 312e12),
+        ("NVIDIA A100-PCIE-40GB", None, "A100 40GB", 1.555e12, 312e12),
+        ("NVIDIA A100", 80, "A100 80GB SXM", 2.039e12, 312e12),  # no size in the name: the memory decides
+        ("NVIDIA A100", None, None, None, None),  # no size and no memory: cannot tell 40GB from 80GB
+        ("NVIDIA GH200 480GB", None, "GH200 96GB HBM3", 4.0e12, 989e12),
+        ("NVIDIA GH200 144G HBM3e", None, "GH200 144GB HBM3e", 4.9e12, 989e12),
+        ("NVIDIA H800", None, "H800 SXM", 3.35e12, 989e12),
+        ("NVIDIA H800 PCIe", None, "H800 PCIe", 2.0e12, 756e12),
+        ("NVIDIA H20", 95, "H20", 4.0e12, 148e12),
+        ("NVIDIA A800-SXM4-80GB", None, "A800 80GB SXM", 2.039e12, 312e12),
+        ("NVIDIA A800 80GB PCIe", None, "A800 80GB PCIe", 1.935e12, 312e12),
+        ("NVIDIA L40", None, "L40", 0.864e12, 181e12),
+        ("NVIDIA L40S", None, "L40S", 0.864e12, 362e12),
+    ],
+)
+def test_datasheet_lookup_of_names_the_review_found_wrong_or_missing(name, memory_gib, expected, bandwidth, bf16):
+    peak = roofline.datasheet_peak(name, None if memory_gib is None else memory_gib * 2**30)
+    assert (peak.name if peak else None) == expected
+    if peak:
+        assert peak.memory_bandwidth_bytes_per_s == bandwidth
+        assert peak.bf16_dense_flops == bf16
+
+
+def test_every_datasheet_entry_is_dense_and_cites_its_datasheet():
+    for peak in roofline.DATASHEET:
+        assert "datasheet" in peak.source.lower() and "dense" in peak.source.lower(), peak.name
+        assert peak.fp16_dense_flops > 0 and peak.memory_bandwidth_bytes_per_s > 0
+        # a datasheet's sparse figure is twice its dense one; the table holds the dense one
+        if peak.bf16_dense_flops is not None:
+            assert peak.bf16_dense_flops == peak.fp16_dense_flops, peak.name
 
 
 def test_h200_datasheet_numbers():
