@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from builder.engine import Engine
 from builder.errors import BuildFailed
-from builder.normalize import LayerFile, NormalizeReport, config_only_tar, normalize_image, with_labels
+from builder.normalize import LayerFile, NormalizeReport, load_tar, normalize_image, with_labels
 
 
 def load_stream(c: Engine, upload: Any) -> NormalizeReport:
@@ -52,6 +52,10 @@ def normalize_in_engine(c: Engine, image_id: str, epoch: int, *, cache: dict[str
         hit = cache.get(f"{epoch}:{source}")
         return hit if hit and tuple(done + [hit]) in chains else None
 
+    # The graph drivers register a loaded layer by its chain and never open the file of a chain
+    # they hold; the containerd image store resolves every layer the upload names.
+    every_layer = c.info.image_store == "containerd"
+
     clock = time.monotonic()
     seconds: dict[str, float] = {}
 
@@ -73,7 +77,8 @@ def normalize_in_engine(c: Engine, image_id: str, epoch: int, *, cache: dict[str
         def on_layer(i: int, diff_id: str, files: list[LayerFile]) -> None:
             scans.append(scanner.submit(scan_layer, i, diff_id, files))
 
-        report = load_stream(c, normalize_image(archive.config, archive.layers, epoch, reuse=reuse,
+        report = load_stream(c, normalize_image(archive.config, archive.layers, epoch,
+                                                reuse=None if every_layer else reuse,
                                                 on_layer=on_layer if scan else None, **options))
         lap("rewrite_load")
         for done in scans:
@@ -87,9 +92,15 @@ def normalize_in_engine(c: Engine, image_id: str, epoch: int, *, cache: dict[str
 def relabel_in_engine(c: Engine, config: bytes, labels: dict[str, str], epoch: int) -> str:
     """Load a copy of a normalized image whose config has ``labels`` added; the new image ID.
 
-    Only the config travels: every layer's chain is already in the engine, so `docker load`
-    reads no layer file. The result is as reproducible as the labels are.
+    On the graph drivers only the config travels: every layer's chain is already in the engine,
+    so `docker load` reads no layer file. The containerd image store wants the layers in the
+    upload too: they are read back from the image (its archive) and sent again, which costs a
+    save and a load of the whole image. The result is as reproducible as the labels are.
     """
     new_config = with_labels(config, labels)
     image_id = "sha256:" + hashlib.sha256(new_config).hexdigest()
-    return c.loaded(image_id, c.load(config_only_tar(new_config, epoch)))
+    if c.info.image_store != "containerd":
+        return c.loaded(image_id, c.load(b"".join(load_tar(new_config, epoch))))
+    source = "sha256:" + hashlib.sha256(config).hexdigest()
+    with c.layers(source) as (archive, _):
+        return c.loaded(image_id, c.load(load_tar(new_config, epoch, archive.layers)))

@@ -15,7 +15,7 @@ talks to an engine (builder/engine gets the layers and loads the result).
 """
 from builder.normalize.archive import Archive, normalize_saved_image, normalize_to_file, open_archive
 from builder.normalize.image import (
-    NormalizeReport, canonical_json, config_only_tar, drain, normalize_config, normalize_image, rfc3339, with_labels,
+    NormalizeReport, canonical_json, load_tar, drain, normalize_config, normalize_image, rfc3339, with_labels,
 )
 from builder.normalize.layer import LayerFile, LayerReport, normalize_layer, normalize_layer_bytes
 from builder.normalize.paths import BUILD_VARYING, DEFAULT_DROP, DEFAULT_EMPTY, PYCACHE_DROP, PycacheMode
@@ -24,7 +24,7 @@ from builder.normalize.tarformat import BLOCK, CHUNK, EMPTY_LAYER_DIGEST, Normal
 __all__ = [
     "Archive", "BLOCK", "BUILD_VARYING", "CHUNK", "DEFAULT_DROP", "DEFAULT_EMPTY", "EMPTY_LAYER_DIGEST",
     "LayerFile", "LayerReport", "NormalizeError", "NormalizeReport", "PYCACHE_DROP", "PycacheMode",
-    "SeekableReader", "canonical_json", "config_only_tar", "drain", "normalize_config", "normalize_image",
+    "SeekableReader", "canonical_json", "load_tar", "drain", "normalize_config", "normalize_image",
     "normalize_layer", "normalize_layer_bytes", "normalize_saved_image", "normalize_to_file", "open_archive",
     "rfc3339", "tar_header", "with_labels",
 ]

@@ -202,15 +202,29 @@ def normalize_image(
     )
 
 
-def config_only_tar(config: bytes, epoch: int) -> bytes:
-    """A ``docker load`` tar of a config alone, for an engine that holds all of its layers."""
+def load_tar(config: bytes, epoch: int, layers: Sequence[tuple[BinaryIO, int, int]] = ()) -> Iterator[bytes]:
+    """A ``docker load`` tar of a config and its (already canonical) layers, copied as they are.
+
+    Without ``layers`` only the config travels: enough for an engine that registers layers by
+    chain and holds them all (the graph drivers); the containerd image store wants every layer.
+    """
     image_hex = hashlib.sha256(config).hexdigest()
-    layers = [f"{i}/layer.tar" for i in range(len(json.loads(config)["rootfs"]["diff_ids"]))]
-    manifest = canonical_json([{"Config": f"{image_hex}.json", "Layers": layers, "RepoTags": None}])
-    upload = bytearray()
+    names = [f"{i}/layer.tar" for i in range(len(json.loads(config)["rootfs"]["diff_ids"]))]
+    for name, (f, offset, size) in zip(names, layers):
+        yield _outer_header(name, size, epoch)
+        f.seek(offset)
+        left = size
+        while left:
+            data = f.read(min(left, CHUNK))
+            if not data:
+                raise NormalizeError(f"layer {name} ended {left} bytes early")
+            left -= len(data)
+            yield data
+        yield bytes(-size % BLOCK)
+    manifest = canonical_json([{"Config": f"{image_hex}.json", "Layers": names, "RepoTags": None}])
     for name, body in ((f"{image_hex}.json", config), ("manifest.json", manifest)):
-        upload += _outer_header(name, len(body), epoch) + body + bytes(-len(body) % BLOCK)
-    return bytes(upload + END)
+        yield _outer_header(name, len(body), epoch) + body + bytes(-len(body) % BLOCK)
+    yield END
 
 
 def with_labels(config: bytes, labels: dict[str, str]) -> bytes:

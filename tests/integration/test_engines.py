@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +36,16 @@ def modern_engine(request, runtime_image, monkeypatch_module) -> engine.Engine:
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+def test_the_tiny_image_tests_pass_on_docker_28(modern_engine):
+    """tests/integration/test_normalize_engine.py (load, run, round trip, layers handed over,
+    relabel) against this engine: the adapter's every path on a tiny image, in seconds."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "integration" / "test_normalize_engine.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    print(proc.stdout[-3000:], proc.stderr[-2000:])
+    assert proc.returncode == 0
 
 
 def test_runtime_on_docker_28_is_the_same_image(modern_engine, runtime_image, the_manifest):

@@ -300,3 +300,17 @@ def test_the_layers_the_engine_hands_over_are_the_saved_bytes(
     via_save = io.BytesIO()
     N.normalize_to_file(two_builds[0], via_save, EPOCH)
     assert via_engine == via_save.getvalue()
+
+
+def test_a_relabelled_copy_has_the_labels_and_the_same_layers(
+    eng: engine.Engine, tracker: Tracker, two_builds: tuple[Path, Path]
+) -> None:
+    """What the build record does to a verified image: a copy whose config gains labels."""
+    rep = load_normalized(eng, two_builds[0])
+    tracker.add(rep.image_id)
+    labelled = rewrite.relabel_in_engine(eng, rep.config, {"org.example.checked": "yes"}, EPOCH)
+    tracker.add(labelled)
+    assert labelled != rep.image_id
+    assert eng.image_id(labelled) == labelled
+    assert eng.run_config(labelled)["Labels"]["org.example.checked"] == "yes"
+    assert eng.diff_ids(labelled) == list(rep.diff_ids)

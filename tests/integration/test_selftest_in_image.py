@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,25 @@ def test_cached_decode_equals_full_recompute(runtime_image, containers):
                             volumes={str(ROOT / "selftest"): {"bind": "/src/selftest", "mode": "ro"}},
                             environment={"PYTHONPATH": "/src"})
     assert result.exit_code == 0 and "EQUIVALENT" in result.output, result.output
+
+
+PYTEST_PARTS = ("pytest", "_pytest", "pluggy", "iniconfig", "pygments", "packaging", "py.py")
+
+
+def test_the_decoder_unit_tests_pass_in_the_image_on_its_torch(runtime_image, containers):
+    """tests/unit/test_selftest_decoder_torch.py needs torch, which the unit venv lacks (there it
+    skips, saying so): here it runs in the image, on the image's torch, with pytest lent read-only
+    from the test environment (pure Python) and this checkout's probe."""
+    site = Path(pytest.__file__).resolve().parent.parent
+    volumes = {str(site / part): {"bind": f"/pylibs/{part}", "mode": "ro"} for part in PYTEST_PARTS}
+    volumes[str(ROOT / "selftest")] = {"bind": "/src/selftest", "mode": "ro"}
+    test_file = ROOT / "tests" / "unit" / "test_selftest_decoder_torch.py"
+    volumes[str(test_file)] = {"bind": f"/src/{test_file.name}", "mode": "ro"}
+    result = containers.run(runtime_image.refs[0],
+                            ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"/src/{test_file.name}"],
+                            volumes=volumes,
+                            environment={"PYTHONPATH": "/src:/pylibs", "SELFTEST_REQUIRE_TORCH": "1",
+                                         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    print(result.output[-3000:])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert " passed" in result.output and "skipped" not in result.output and "failed" not in result.output
