@@ -14,14 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
+from .fingerprint import lookup
 
-
-def _get(doc: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
 
 
 # (label, path to a "higher is better" number)
@@ -36,7 +30,7 @@ THROUGHPUT = (
 
 
 def _decoder_shape(doc: dict) -> Any:
-    dec = _get(doc, ("workload", "decoder")) or {}
+    dec = lookup(doc, "workload", "decoder") or {}
     keys = (
         "dim",
         "n_layers",
@@ -57,8 +51,8 @@ COMPARABILITY: tuple[tuple[str, Callable[[dict], Any]], ...] = (
     ("schema major version", lambda d: str(d.get("schema_version", "")).split(".")[0]),
     ("mode", lambda d: d.get("mode")),
     ("quick", lambda d: d.get("quick")),
-    ("GPU model", lambda d: _get(d, ("workload", "device_name"))),
-    ("GEMM size", lambda d: _get(d, ("workload", "gemm", "n"))),
+    ("GPU model", lambda d: lookup(d, "workload", "device_name")),
+    ("GEMM size", lambda d: lookup(d, "workload", "gemm", "n")),
     ("decoder shape", _decoder_shape),
 )
 
@@ -126,11 +120,11 @@ def compare(old: dict, new: dict, tolerance: float = 0.10) -> Comparison:
         if a != b:
             result.incomparable.append(f"{label}: {a} -> {b}")
     for label, path in INFORMATIONAL:
-        a, b = _get(old, path), _get(new, path)
+        a, b = lookup(old, *path), lookup(new, *path)
         if a != b:
             result.changes.append(f"{label}: {a} -> {b}")
     for label, path in THROUGHPUT:
-        a, b = _get(old, path), _get(new, path)
+        a, b = lookup(old, *path), lookup(new, *path)
         change: Optional[float] = None
         verdict = "n/a"
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0:

@@ -23,6 +23,15 @@ from . import SCHEMA_VERSION, __version__
 SCHEMA_FILE = "fingerprint.schema.json"
 
 
+def lookup(doc: Any, *path: str) -> Any:
+    """The value at ``path`` in a fingerprint, or None where any step is missing (older schemas)."""
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
 def load_schema() -> dict:
     """The JSON Schema for fingerprints, read from the package."""
     try:

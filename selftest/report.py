@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
+from .fingerprint import lookup
 
-def _get(doc: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
 
 
 def num(value: Optional[float], digits: int = 1, unit: str = "") -> str:
@@ -166,15 +161,15 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
         rows.append(
             (
                 label,
-                f"per 1k tokens: input {usd(_get(cost, 'input', 'usd_per_1k_tokens'))}, "
-                f"output {usd(_get(cost, 'output', 'usd_per_1k_tokens'))}, "
-                f"blended {ratio:g}:1 {usd(_get(cost, 'blended', 'usd_per_1k_tokens'))} "
-                f"({usd(_get(cost, 'blended', 'usd_per_1m_tokens'))} per 1M)",
+                f"per 1k tokens: input {usd(lookup(cost, 'input', 'usd_per_1k_tokens'))}, "
+                f"output {usd(lookup(cost, 'output', 'usd_per_1k_tokens'))}, "
+                f"blended {ratio:g}:1 {usd(lookup(cost, 'blended', 'usd_per_1k_tokens'))} "
+                f"({usd(lookup(cost, 'blended', 'usd_per_1m_tokens'))} per 1M)",
             )
         )
         if cost.get("note"):
             rows.append(("", cost["note"]))
-        jin, jout = _get(cost, "input", "joules_per_token"), _get(cost, "output", "joules_per_token")
+        jin, jout = lookup(cost, "input", "joules_per_token"), lookup(cost, "output", "joules_per_token")
         if jin is not None or jout is not None:
             rows.append(("energy per token", f"input {num(jin, 3)} J, output {num(jout, 3)} J"))
     return rows
@@ -182,12 +177,12 @@ def _result_rows(doc: dict) -> list[tuple[str, str]]:
 
 def summary(doc: dict, out_path: Optional[str]) -> str:
     """The table printed at the end of a probe run."""
-    device = _get(doc, "workload", "device_name") or ("CPU" if doc.get("mode") == "cpu" else "?")
+    device = lookup(doc, "workload", "device_name") or ("CPU" if doc.get("mode") == "cpu" else "?")
     head = (
-        f"selftest {_get(doc, 'tool', 'version')}  mode={doc.get('mode')}{' (quick)' if doc.get('quick') else ''}  "
+        f"selftest {lookup(doc, 'tool', 'version')}  mode={doc.get('mode')}{' (quick)' if doc.get('quick') else ''}  "
         f"device={device}  status={str(doc.get('status')).upper()}  ({doc.get('duration_s', 0):.1f} s)"
     )
-    tag = _get(doc, "environment", "image", "tag")
+    tag = lookup(doc, "environment", "image", "tag")
     lines = [head]
     if tag:
         lines.append(f"image {tag}")

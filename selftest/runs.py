@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from . import fingerprint
+from .fingerprint import lookup
 from .stats import coefficient_of_variation, percentile
 
 # Run-to-run coefficient of variation the probe's figures should stay within.
@@ -24,13 +25,6 @@ CV_TARGET = 0.03
 WALL_TARGET_S = 120.0
 
 
-def _get(doc: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
-
 
 def _tb(value: Optional[float]) -> Optional[float]:
     return None if value is None else value / 1000.0
@@ -38,14 +32,14 @@ def _tb(value: Optional[float]) -> Optional[float]:
 
 # (label, unit, how to read it from a fingerprint); each gets a run-to-run CV
 METRICS: tuple[tuple[str, str, Callable[[dict], Optional[float]]], ...] = (
-    ("GEMM burst", "TFLOP/s", lambda d: _get(d, "results", "gemm", "tflops", "median")),
-    ("GEMM sustained", "TFLOP/s", lambda d: _get(d, "results", "gemm", "sustained", "tflops")),
-    ("GEMM best shape", "TFLOP/s", lambda d: _get(d, "results", "gemm", "sweep", "best", "tflops")),
-    ("copy (read+write)", "TB/s", lambda d: _tb(_get(d, "results", "copy", "gb_per_s", "median"))),
-    ("prefill", "tokens/s", lambda d: _get(d, "results", "prefill", "tokens_per_second")),
-    ("decode", "tokens/s", lambda d: _get(d, "results", "decode", "tokens_per_second", "median")),
-    ("decode vs measured copy", "fraction", lambda d: _get(d, "results", "roofline", "decode_bandwidth_efficiency")),
-    ("decode energy", "J/token", lambda d: _get(d, "telemetry", "phases", "decode", "joules_per_token")),
+    ("GEMM burst", "TFLOP/s", lambda d: lookup(d, "results", "gemm", "tflops", "median")),
+    ("GEMM sustained", "TFLOP/s", lambda d: lookup(d, "results", "gemm", "sustained", "tflops")),
+    ("GEMM best shape", "TFLOP/s", lambda d: lookup(d, "results", "gemm", "sweep", "best", "tflops")),
+    ("copy (read+write)", "TB/s", lambda d: _tb(lookup(d, "results", "copy", "gb_per_s", "median"))),
+    ("prefill", "tokens/s", lambda d: lookup(d, "results", "prefill", "tokens_per_second")),
+    ("decode", "tokens/s", lambda d: lookup(d, "results", "decode", "tokens_per_second", "median")),
+    ("decode vs measured copy", "fraction", lambda d: lookup(d, "results", "roofline", "decode_bandwidth_efficiency")),
+    ("decode energy", "J/token", lambda d: lookup(d, "telemetry", "phases", "decode", "joules_per_token")),
     ("probe duration", "s", lambda d: d.get("duration_s")),
 )
 
@@ -78,7 +72,7 @@ def metric_rows(docs: list[dict]) -> list[dict]:
 
 def is_hopper(docs: list[dict]) -> bool:
     """H100/H200-class GPUs (and their H800/GH200 variants), where the Hopper targets apply."""
-    name = (_get(docs[0], "results", "roofline", "datasheet", "name") or "") if docs else ""
+    name = (lookup(docs[0], "results", "roofline", "datasheet", "name") or "") if docs else ""
     return name.startswith(("H100", "H200", "H800", "GH200"))
 
 
@@ -86,9 +80,9 @@ def targets(docs: list[dict], rows: list[dict], walls: Optional[list[float]]) ->
     """The project's targets, each met, missed or not applicable (n/a)."""
     by = {r["metric"]: r for r in rows}
     hopper = is_hopper(docs)
-    copy_frac = [_number(_get(d, "results", "roofline", "copy_efficiency_datasheet")) for d in docs]
+    copy_frac = [_number(lookup(d, "results", "roofline", "copy_efficiency_datasheet")) for d in docs]
     copy_frac = [v for v in copy_frac if v is not None]
-    within = [_number(_get(d, "stability", "decode_tokens_per_second_cv")) for d in docs]
+    within = [_number(lookup(d, "stability", "decode_tokens_per_second_cv")) for d in docs]
     within = [v for v in within if v is not None]
     out = [
         ("GEMM best shape, TFLOP/s (Hopper bf16)", by["GEMM best shape"]["median"] if hopper else None, ">=", 700.0),
@@ -110,9 +104,9 @@ def targets(docs: list[dict], rows: list[dict], walls: Optional[list[float]]) ->
 def results_prefix(doc: dict) -> str:
     """DATE-GPU-drvDRIVER-torchVERSION, the name bench/results/gpu/ gives one GPU's file set."""
     date = str(doc.get("created_utc", "")).split("T")[0].replace("-", "") or "date"
-    gpu = fingerprint.gpu_slug(_get(doc, "workload", "device_name"))
-    driver = _get(doc, "environment", "driver", "driver_version") or "unknown"
-    torch = str(_get(doc, "environment", "versions", "torch") or "unknown").split("+")[0]
+    gpu = fingerprint.gpu_slug(lookup(doc, "workload", "device_name"))
+    driver = lookup(doc, "environment", "driver", "driver_version") or "unknown"
+    torch = str(lookup(doc, "environment", "versions", "torch") or "unknown").split("+")[0]
     return f"{date}-{gpu}-drv{driver}-torch{torch}"
 
 
@@ -120,7 +114,7 @@ def summarize_runs(docs: list[dict], walls: Optional[list[float]] = None) -> dic
     rows = metric_rows(docs)
     return {
         "runs": len(docs),
-        "gpu": _get(docs[0], "workload", "device_name") if docs else None,
+        "gpu": lookup(docs[0], "workload", "device_name") if docs else None,
         "statuses": [d.get("status") for d in docs],
         "walls_s": walls,
         "metrics": rows,

@@ -19,15 +19,18 @@ PROXY = pem(b"intercepting proxy CA" * 4)
 BUILD_BUNDLE = PUBLIC + PROXY
 
 
-def layer(files: dict[str, bytes]) -> hygiene.LayerScan:
+def layer_tar(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return hygiene.scan_layer(buf)
+    return buf.getvalue()
+
+
+def layer(files: dict[str, bytes]) -> hygiene.LayerScan:
+    return hygiene.scan_layer(io.BytesIO(layer_tar(files)))
 
 
 OS_LAYER = {"etc/ssl/certs/ca-certificates.crt": PUBLIC, "usr/bin/true": b"\x7fELF..."}
@@ -108,18 +111,12 @@ def test_scan_of_entries_equals_scan_of_the_tar_and_survives_keeping(tmp_path, m
 def test_a_layer_scanned_from_its_tar_or_from_the_normalizer_gives_one_scan():
     """Base layers name entries "./etc/..."; the normalizer's entries keep that form, a tar
     stream's scan strips it: both must key the scan the same way, or kept scans never match."""
-    files = {"./etc/ssl/certs/ca-certificates.crt": PUBLIC, "./.hidden": b"x", "./var/log/dpkg.log": b"when"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    from_tar = hygiene.scan_layer(io.BytesIO(buf.getvalue()))
-    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+    data = layer_tar({"./etc/ssl/certs/ca-certificates.crt": PUBLIC, "./.hidden": b"x",
+                      "./var/log/dpkg.log": b"when"})
+    from_tar = hygiene.scan_layer(io.BytesIO(data))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         entries = [(m.name, m.isfile(), m.size, m.offset_data) for m in tar.getmembers()]
-    from_normalizer = hygiene.scan_files(entries, io.BytesIO(buf.getvalue()))
+    from_normalizer = hygiene.scan_files(entries, io.BytesIO(data))
     assert from_tar == from_normalizer
     assert ".hidden" in from_tar.file_hashes and "etc/ssl/certs/ca-certificates.crt" in from_tar.cert_files
     assert any("var/log/dpkg.log" in f for f in from_tar.findings)
