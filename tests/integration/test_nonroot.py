@@ -16,6 +16,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -36,12 +37,13 @@ PASSWORD = uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def builder_user(tmp_path_factory):
+def builder_user():
     """The user, its home with a Docker config holding the registry's credentials, and a copy of
-    the checkout plus the test environment's site-packages it can read."""
+    the checkout plus the test environment's site-packages it can read (pytest's own temp
+    directories are root's alone)."""
     if shutil.which("setpriv") is None or os.getuid() != 0:
         pytest.fail("this test needs root and setpriv (util-linux) to act as another user", pytrace=False)
-    base = tmp_path_factory.mktemp("nonroot")
+    base = Path(tempfile.mkdtemp(prefix="pytorch-cuda-nonroot-"))
     base.chmod(0o755)
     subprocess.run(["useradd", "--no-create-home", "--home-dir", str(base / "home"), "--groups", "docker",
                     "--shell", "/bin/sh", USER], check=True)
