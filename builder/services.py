@@ -31,7 +31,6 @@ logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # polling a starting s
 # Runs inside a container: every process (uid, state, command) and every listening TCP socket.
 PROCESS_TABLE = r"""
 import json, os
-from builder.engine import Engine
 procs = []
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
