@@ -30,9 +30,8 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-
-from builder.errors import BuildFailed
 from builder.engine import Engine
+from builder.errors import BuildFailed
 
 SCRIPT = Path(__file__).parent / "inside" / "inventory.py"
 SCHEMA_VERSION = SchemaVersion.V1_6
