@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-
+from builder.engine import Engine
 from builder.errors import BuildFailed
 from builder.manifest import Manifest, Variant
-from builder.engine import Engine
 
 Packages = dict[str, str]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 from builder import engine, normalize
+from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
-from builder.engine import Engine
 
 
 def ensure_base(c: Engine, manifest: Manifest, quiet: bool = False) -> str:

@@ -5,10 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-
-from builder.errors import BuildFailed
 from builder.engine import Engine
+from builder.errors import BuildFailed
 
 SCRIPT = Path(__file__).parent / "inside" / "facts.py"
 

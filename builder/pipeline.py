@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 
 from builder import aptlock, base, cache, context, facts, hygiene, lock, rewrite, tags
+from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
-from builder.engine import Engine
 
 
 @dataclass

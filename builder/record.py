@@ -26,9 +26,9 @@ from typing import Any, Iterable
 
 import jsonschema
 
+from builder.engine import Engine
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
-from builder.engine import Engine
 
 SCHEMA = ROOT / "manifests" / "record.schema.json"
 RECORDS = ROOT / "build" / "records"

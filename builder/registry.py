@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import requests
 
 from builder import engine
-from builder.errors import BuildFailed, UserError
 from builder.engine import Engine
+from builder.errors import BuildFailed, UserError
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",

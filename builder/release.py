@@ -11,11 +11,11 @@ from pathlib import Path
 
 
 from builder import engine, record, registry, sbom
-from builder.errors import BuildFailed, UserError
-from builder.rewrite import relabel_in_engine
-from builder.pipeline import Built
-from builder.tags import full_tag, observed_versions
 from builder.engine import Engine
+from builder.errors import BuildFailed, UserError
+from builder.pipeline import Built
+from builder.rewrite import relabel_in_engine
+from builder.tags import full_tag, observed_versions
 
 
 def record_build(c: Engine, built: Built, checks: list, records_dir: Path = record.RECORDS,

@@ -13,11 +13,11 @@ from typing import Any, Callable, TextIO
 
 from packaging.version import Version
 
+from builder import engine
 from builder import facts, hygiene, services, tags
+from builder.engine import Engine
 from builder.manifest import Manifest, Variant
 from builder.render import common_labels
-from builder.engine import Engine
-from builder import engine
 
 
 @dataclass
