@@ -91,9 +91,9 @@ class Images:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
         buf.seek(0)
-        image_id = engine.build(self.client, buf, target="small", quiet=True)
+        image_id = self.client.build(buf, target="small", quiet=True)
         refs = [f"{LOCAL}:{name}", f"{LOCAL}:{name}-20261128"]
-        engine.tag(self.client, image_id, refs)
+        self.client.tag(image_id, refs)
         self.ids.append(image_id)
         return image_id, refs
 
@@ -104,7 +104,7 @@ class Images:
             except docker.errors.ImageNotFound:
                 pass
         left = [t for i in self.client.client.images.list() for t in i.tags if LOCAL in t]
-        engine.untag(self.client, left)
+        self.client.untag(left)
 
 
 @pytest.fixture(scope="module")
