@@ -1,6 +1,8 @@
 """Helpers the tests share (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 from builder import engine
@@ -27,3 +29,14 @@ class TrackedContainer:
     def remove_all(self) -> None:
         for container in self.containers:
             self.client.remove_container(container)
+
+
+def tar_of(members: dict[str, bytes]) -> bytes:
+    """A plain tar of regular files, name → bytes, in the order given (layers and archives in tests)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

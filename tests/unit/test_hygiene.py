@@ -7,6 +7,7 @@ import os
 import tarfile
 
 from builder import hygiene
+from tests.support import tar_of
 
 
 def pem(der: bytes) -> bytes:
@@ -19,14 +20,7 @@ PROXY = pem(b"intercepting proxy CA" * 4)
 BUILD_BUNDLE = PUBLIC + PROXY
 
 
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+layer_tar = tar_of
 
 
 def layer(files: dict[str, bytes]) -> hygiene.LayerScan:

@@ -15,6 +15,7 @@ import tempfile
 import pytest
 
 from builder import normalize as N
+from tests.support import tar_of
 
 EPOCH = 1_700_000_000
 
@@ -41,14 +42,7 @@ def config() -> bytes:
                        "rootfs": {"type": "layers", "diff_ids": [sha(x) for x in LAYERS]}}).encode()
 
 
-def archive(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+archive = tar_of
 
 
 def classic() -> bytes:
