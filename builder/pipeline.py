@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-
+from pathlib import Path
 
 from builder import aptlock, base, cache, context, facts, hygiene, lock, rewrite, tags
+from builder import normalize as normalizer  # `normalize` below is this module's own step
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
@@ -31,17 +32,22 @@ class Built:
     layer_source: str = ""  # where normalization read the layers: "store" or "archive" ("" if cached)
 
 
+def _known_layers_path() -> Path:
+    """One file per version of the normalizer's code: what an older one learned is not reused."""
+    return cache.path(f"normalized-layers-{normalizer.code_id()}.json")
+
+
 def _known_layers() -> dict:
     """What normalization learned on this machine: "<epoch>:<raw diff ID>" → normalized diff ID,
     and "image:<epoch>:<raw image ID>" → normalized image."""
     try:
-        return json.loads(cache.path("normalized-layers.json").read_text())
+        return json.loads(_known_layers_path().read_text())
     except (OSError, ValueError):
         return {}
 
 
 def _keep_known_layers(known: dict) -> None:
-    path = cache.path("normalized-layers.json")
+    path = _known_layers_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=0, sort_keys=True))
 

@@ -7,6 +7,7 @@ faster next run while developing).
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -62,6 +63,15 @@ def the_manifest() -> manifest.Manifest:
 def runtime_image(docker_client, session_images, the_manifest) -> pipeline.Built:
     """The runtime image, built once per session through the real pipeline."""
     return pipeline.build_and_tag(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY)
+
+
+@pytest.fixture(scope="session")
+def registry_storage(tmp_path_factory):
+    """Blob storage shared by the registries the session starts one after another, so the runtime
+    image's 7 GB is uploaded once: a later push of it finds every layer there."""
+    storage = tmp_path_factory.mktemp("registry-storage")
+    yield storage
+    shutil.rmtree(storage, ignore_errors=True)
 
 
 @pytest.fixture

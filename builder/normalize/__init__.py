@@ -13,6 +13,9 @@ talks to an engine (builder/engine gets the layers and loads the result).
 - ``image``: the config made canonical and the ``docker load`` tar;
 - ``archive``: image archives as engines save them (classic or OCI layout, gzip layers).
 """
+import hashlib
+from pathlib import Path
+
 from builder.normalize.archive import Archive, normalize_saved_image, normalize_to_file, open_archive
 from builder.normalize.image import (
     NormalizeReport, canonical_json, load_tar, drain, normalize_config, normalize_image, rfc3339, with_labels,
@@ -26,5 +29,15 @@ __all__ = [
     "LayerFile", "LayerReport", "NormalizeError", "NormalizeReport", "PYCACHE_DROP", "PycacheMode",
     "SeekableReader", "canonical_json", "load_tar", "drain", "normalize_config", "normalize_image",
     "normalize_layer", "normalize_layer_bytes", "normalize_saved_image", "normalize_to_file", "open_archive",
-    "rfc3339", "tar_header", "with_labels",
+    "rfc3339", "tar_header", "with_labels", "code_id",
 ]
+
+
+def code_id(directory: Path = Path(__file__).parent) -> str:
+    """A short hash of this package's source. What a builder remembers of earlier normalizations
+    (raw layer → normalized layer, raw image → normalized image) holds only for the code that
+    did them, so it is kept under this id: changed rules or config handling start afresh."""
+    digest = hashlib.sha256()
+    for source in sorted(directory.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]

@@ -61,6 +61,11 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
     ``COPY dir:<hash>``/``file:<hash>`` in history hash the build context *with* mtimes; the
     hash is replaced by the hex of the diff ID of the layer the step made (content only), or
     dropped when history and layers do not line up.
+
+    The run config keeps only fields with a value: Docker's classic image store writes every
+    container-config field, zero ones included (``"Tty": false``, ``"Domainname": ""``,
+    ``"OnBuild": null``), the containerd image store writes none of those, and the OCI image spec
+    knows none of them; with them dropped both stores give the same bytes, hence one image ID.
     """
     cfg = json.loads(json.dumps(config))  # deep copy
     created = rfc3339(epoch)
@@ -69,10 +74,10 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
     cfg["created"] = created
     run = cfg.get("config")
     if isinstance(run, dict):
-        if "Hostname" in run:
-            run["Hostname"] = ""
-        if "Image" in run:
-            run["Image"] = ""  # the id of the builder's intermediate image: varies per build
+        for key in ("Hostname", "Image"):  # the build container's name, the builder's intermediate image
+            run.pop(key, None)
+        for key in [k for k, v in run.items() if v in ("", False, None)]:
+            run.pop(key)
     history = cfg.get("history")
     if isinstance(history, list):
         layered = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")]

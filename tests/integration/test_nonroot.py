@@ -2,7 +2,9 @@
 open. `doctor` says the layers come through the image archive; `build` builds, verifies, records
 and tags runtime that way (the same image ID as root's build through the store); `push` sends it
 to a registry that wants credentials, found in that user's Docker config alone (no --username):
-every request, the registry API checks included, carries them.
+every request, the registry API checks included, carries them. That registry keeps its blobs in the
+session's shared storage and answers on the same address as the release tests' registry (never
+both at once), so the release push later mounts the layers pushed here instead of sending 7 GB again.
 
 The user is made for the module and removed after it, with its files; it runs the checkout
 copied to a directory it can read, on the system's python3 with the test environment's packages.
@@ -25,14 +27,12 @@ import pytest
 
 from builder import record
 from tests.support import ROOT, TEST_REPOSITORY
-from tests.integration.test_registry import Registry
+from tests.integration.test_registry import HOST, PORT, Registry
 
 pytestmark = pytest.mark.engine
 
 USER = f"pcbuild{uuid.uuid4().hex[:6]}"
 REPOSITORY = f"{TEST_REPOSITORY}-nonroot"
-PORT = int(os.environ.get("TEST_AUTH_REGISTRY_PORT", "5056"))
-HOST = f"127.0.0.1:{PORT}"
 PASSWORD = uuid.uuid4().hex
 
 
@@ -78,14 +78,14 @@ def as_user(base: Path, *args: str, timeout: int = 1800) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def auth_registry(tmp_path_factory):
+def auth_registry(tmp_path_factory, registry_storage):
     directory = tmp_path_factory.mktemp("auth-registry")
     htpasswd = directory / "htpasswd"
     htpasswd.write_text(f"ci:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()}\n")
-    r = Registry(directory)
+    r = Registry(directory, storage=registry_storage)
     r.env.update(REGISTRY_PORT=str(PORT), REGISTRY_HTPASSWD=str(htpasswd))
     if r.answers():
-        pytest.fail(f"something already listens on {HOST}; set TEST_AUTH_REGISTRY_PORT", pytrace=False)
+        pytest.fail(f"something already listens on {HOST}; set TEST_REGISTRY_PORT to a free port", pytrace=False)
     r.start()
     try:
         yield r

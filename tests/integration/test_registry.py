@@ -39,8 +39,10 @@ LOCAL = f"pytorch-cuda-regtest-{RUN}"  # local repository of the images made her
 class Registry:
     """One docker-registry process on HOST, with storage that survives a stop/start."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, storage: Path | None = None):
         self.env = {**os.environ, "REGISTRY_PORT": str(PORT), "REGISTRY_DIR": str(directory)}
+        if storage is not None:
+            self.env["REGISTRY_STORAGE"] = str(storage)
         self.directory = directory
 
     def start(self) -> None:
@@ -60,11 +62,11 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory):
+def reg(tmp_path_factory, registry_storage):
     probe = Registry(tmp_path_factory.mktemp("probe"))
     if probe.answers():
         pytest.fail(f"something already listens on {HOST}; set TEST_REGISTRY_PORT to a free port", pytrace=False)
-    r = Registry(tmp_path_factory.mktemp("registry"))
+    r = Registry(tmp_path_factory.mktemp("registry"), storage=registry_storage)
     r.start()
     try:
         yield r

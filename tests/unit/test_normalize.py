@@ -631,12 +631,31 @@ def test_normalize_config() -> None:
     assert cfg["created"] == "2023-11-14T22:13:20Z" == N.rfc3339(EPOCH)
     assert all(h["created"] == cfg["created"] for h in cfg["history"])
     assert not {"container", "container_config", "docker_version"} & set(cfg)
-    assert cfg["config"]["Hostname"] == "" and cfg["config"]["Image"] == ""
+    assert cfg["config"] == {"Env": ["A=é"]}  # the build container's name and intermediate image gone
     assert cfg["history"][1]["created_by"] == f"/bin/sh -c #(nop) COPY dir:{ids[1][7:]} in /app "
     assert cfg["rootfs"] == {"type": "layers", "diff_ids": ids}
     # history that does not line up with layers: hash dropped, not guessed
     odd = N.normalize_config(raw_config([], "x", "cd" * 32), [], EPOCH)
     assert b"COPY dir in /app" in odd
+
+
+def test_the_classic_and_the_containerd_image_store_give_one_config() -> None:
+    """The same build's run config as Docker 20.10 (classic store) and Docker 28 on the containerd
+    image store write it, recorded from the runtime image: one set of canonical bytes."""
+    classic = {"AttachStderr": False, "AttachStdin": False, "AttachStdout": False, "Cmd": ["/bin/bash"],
+               "Domainname": "", "Entrypoint": ["/usr/bin/tini", "-g", "--"], "Env": ["LANG=C.UTF-8"],
+               "Hostname": "", "Image": "", "Labels": {"a": "b"}, "OnBuild": None, "OpenStdin": False,
+               "StdinOnce": False, "Tty": False, "User": "1000:1000", "Volumes": None, "WorkingDir": "/home/user"}
+    containerd = {"Cmd": ["/bin/bash"], "Entrypoint": ["/usr/bin/tini", "-g", "--"], "Env": ["LANG=C.UTF-8"],
+                  "Labels": {"a": "b"}, "User": "1000:1000", "WorkingDir": "/home/user"}
+    ids = [sha(b"1"), sha(b"2"), sha(b"3")]
+    configs = []
+    for run in (classic, containerd):
+        raw = raw_config([sha(b"x")] * 3, "2025-01-01T10:00:00Z", "ab" * 32)
+        raw["config"] = run
+        configs.append(N.normalize_config(raw, ids, EPOCH))
+    assert configs[0] == configs[1]
+    assert json.loads(configs[0])["config"] == containerd
 
 
 def saved_image(layers: list[bytes], config: dict, *, tags: list[str] | None = None) -> bytes:
@@ -804,3 +823,24 @@ def test_scans_kept_while_normalizing_equal_scans_of_the_written_layers(tmp_path
     tf = tarfile.open(fileobj=io.BytesIO(out.getvalue()))
     for i, diff_id in enumerate(report.diff_ids):
         assert hygiene.kept(diff_id) == hygiene.scan_layer(tf.extractfile(f"{i}/layer.tar")), i
+
+
+def test_what_normalization_remembers_holds_only_for_the_code_that_learned_it(tmp_path, monkeypatch) -> None:
+    """A changed normalizer (rules, config handling) must not reuse a raw → normalized mapping an
+    older one wrote: it would hand back the old image ID without normalizing."""
+    from builder import normalize, pipeline
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a.py", "b.py"):
+        (source / name).write_text("x = 1\n")
+    before = normalize.code_id(source)
+    assert normalize.code_id(source) == before
+    (source / "b.py").write_text("x = 2\n")
+    assert normalize.code_id(source) != before
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pipeline._keep_known_layers({"image:1:sha256:raw": {"id": "sha256:old", "config": "{}"}})
+    assert "image:1:sha256:raw" in pipeline._known_layers()
+    monkeypatch.setattr(normalize, "code_id", lambda: "another")
+    assert pipeline._known_layers() == {}
