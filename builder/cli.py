@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from builder import context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
+from builder import audit, context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
 from builder.errors import BuildFailed, UserError
 
 DESCRIPTION = """Build, tag and verify reproducible PyTorch/CUDA images from manifests/images.yaml.
@@ -228,6 +228,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0 if diff.explain(c, args.image_a, args.image_b, sys.stdout, limit=args.limit) else 1
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    m = manifest.load(args.manifest)
+    sources = [s.strip() for s in args.source.split(",") if s.strip()]
+    unknown = [s for s in sources if s not in audit.SOURCES]
+    if unknown or not sources:
+        raise UserError(f"--source {args.source}: expected a comma-separated list of {', '.join(audit.SOURCES)}")
+    c = engine.connect()
+    image = image_of(m, args.target, args.repository)
+    if not c.image_exists(image):
+        raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
+    results = audit.audit(c, image, m, sources, mirror=args.mirror)
+    sys.stdout.write(audit.as_json(image, results) if args.json else audit.report(image, results))
+    return audit.exit_code(results)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build.py", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,6 +320,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("image_b", metavar="IMAGE_B")
     s.add_argument("--limit", type=int, default=40, help="paths shown per layer (default: %(default)s)")
     s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("audit", help="what in a built image has a published fix it lacks (Ubuntu pockets, "
+                                     "Python advisories); exit 0 clean, 1 findings, 2 a source not checked")
+    s.add_argument("target", metavar="VARIANT|IMAGE")
+    s.add_argument("--source", default=",".join(audit.SOURCES),
+                   help="comma-separated: ubuntu (installed packages against the -updates and -security "
+                        "pockets), python (pip-audit) (default: %(default)s)")
+    s.add_argument("--mirror", help="the Ubuntu archive to compare with (default: the manifest's os.bootstrap.mirror)")
+    s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
+    s.add_argument("--json", action="store_true", help="the findings as JSON")
+    s.set_defaults(func=cmd_audit)
     return p
 
 
