@@ -291,7 +291,7 @@ class Engine:
         """The image's config and layers from where the probe said to read them; (archive, source).
 
         The local store is read in place; when this image's files there are not what the engine
-        says (pruned meanwhile, unreadable), it falls back to the archive in auto mode.
+        says (pruned meanwhile, unreadable), auto falls back to the archive and a forced store fails.
         """
         if self.info.layer_source == "store":
             local = None
@@ -302,8 +302,10 @@ class Engine:
                     files = [stack.enter_context(local.open_layer(i)) for i in range(len(local.layers))]
                     yield Archive(config=local.config, layers=[(f, 0, f.size) for f in files]), "store"
                 return
-            if self.info.layer_source_reason.startswith("--layer-source store"):
-                raise BuildFailed(f"--layer-source store: the engine's store does not hold {image} as expected")
+            if self.info.layer_source_requested == "store":
+                raise BuildFailed(f"--layer-source store: the engine's store at {self.info.data_root} does not hold "
+                                  f"{image} as the engine describes it (pruned meanwhile?); build again, or use "
+                                  f"--layer-source auto to read it through docker save")
         with self.saved(image, tmp_dir) as archive:
             yield archive, "archive"
 

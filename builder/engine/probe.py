@@ -32,6 +32,7 @@ class EngineInfo:
     store_readable: bool
     layer_source: str  # "store" or "archive"
     layer_source_reason: str
+    layer_source_requested: str = "auto"  # the user's --layer-source
 
     @property
     def major(self) -> int:
@@ -118,4 +119,4 @@ def probe(info: dict[str, Any], version: dict[str, Any], docker_host: str, reque
         docker_host=docker_host, server_version=server, api_version=str(version.get("ApiVersion") or ""),
         storage_driver=driver, image_store=store_kind, data_root=data_root, local=local, rootless=rootless,
         buildkit=modern and (buildx_available() if buildx is None else buildx), store_readable=fast,
-        layer_source=source, layer_source_reason=reason)
+        layer_source=source, layer_source_reason=reason, layer_source_requested=requested)

@@ -124,3 +124,38 @@ def test_a_clone_reads_on_its_own(tmp_path, monkeypatch):
         with first.clone() as second:
             assert read_all(second) == layer
         assert read_all(first) == layer[700:]
+
+
+def test_a_forced_store_that_does_not_hold_the_image_fails_and_auto_falls_back(tmp_path, monkeypatch):
+    """`--layer-source store` means the store or nothing; auto reads the archive instead."""
+    import contextlib
+
+    from builder.engine import Engine
+    from builder.engine.probe import probe
+    from builder.errors import BuildFailed
+
+    image_id = make_store(tmp_path, sample_tar())
+    info = json.loads((Path(__file__).parent.parent / "fixtures" / "docker-info" / "20.10-overlay2.json").read_text())
+    info["DockerRootDir"] = str(tmp_path / "pruned")  # the engine says the image is there; its files are not
+    client = type("Client", (), {"api": FakeAPI(tmp_path)})()
+    saved = []
+
+    @contextlib.contextmanager
+    def fake_saved(self, image, tmp_dir=None):
+        saved.append(image)
+        yield "the archive"
+
+    monkeypatch.setattr(Engine, "saved", fake_saved)
+    for requested in ("store", "auto"):
+        engine = Engine(client, probe(info, {"Version": "20.10.24"}, "unix:///var/run/docker.sock", requested,
+                                      readable=lambda _path: True, buildx=False))
+        assert engine.info.layer_source == "store"
+        if requested == "store":
+            with pytest.raises(BuildFailed, match="--layer-source store: the engine's store .* does not hold"):
+                with engine.layers(image_id):
+                    pass
+            assert saved == []
+        else:
+            with engine.layers(image_id) as (archive, source):
+                assert (archive, source) == ("the archive", "archive")
+            assert saved == [image_id]
