@@ -30,7 +30,7 @@ from builder import cache
 from builder.engine import store
 from builder.engine.probe import LAYER_SOURCES, EngineInfo, probe
 from builder.errors import BuildFailed, UserError
-from builder.normalize import Archive, open_archive
+from builder.normalize import Archive, config_digest, open_archive
 
 __all__ = ["LABEL_TEST", "LAYER_SOURCES", "Engine", "EngineInfo", "RunResult", "connect", "connection_lost"]
 
@@ -155,10 +155,16 @@ class Engine:
         return self._config_digest(image)
 
     def _config_digest(self, image: str) -> str:
-        """On the containerd store the engine keys images by manifest: the archive names the config."""
-        with self.saved(image) as archive:
-            image_id = "sha256:" + hashlib.sha256(archive.config).hexdigest()
-        self.remember(image_id, self.inspect(image)["Id"])
+        """On the containerd store the engine keys images by manifest: the archive names the config.
+        The archive is streamed and left as soon as the manifest and config went by (the engine
+        writes them before the layers); only an archive that ends first is saved whole."""
+        key = self.inspect(image)["Id"]
+        with contextlib.closing(self.save_stream(image)) as stream:
+            image_id = config_digest(stream, key)
+        if image_id is None:
+            with self.saved(image) as archive:
+                image_id = "sha256:" + hashlib.sha256(archive.config).hexdigest()
+        self.remember(image_id, key)
         return image_id
 
     def diff_ids(self, image: str) -> list[str]:
@@ -388,6 +394,13 @@ class _ChunkReader(io.RawIOBase):
         n = min(len(b), len(self._buffer))
         b[:n], self._buffer = self._buffer[:n], self._buffer[n:]
         return n
+
+    def close(self) -> None:
+        """Stop the stream: closing the chunk generator lets the engine's response go."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
 
 
 def stream_of(chunks: Iterable[bytes]) -> BinaryIO:

@@ -16,7 +16,7 @@ talks to an engine (builder/engine gets the layers and loads the result).
 import hashlib
 from pathlib import Path
 
-from builder.normalize.archive import Archive, normalize_saved_image, normalize_to_file, open_archive
+from builder.normalize.archive import Archive, config_digest, normalize_saved_image, normalize_to_file, open_archive
 from builder.normalize.image import (
     NormalizeReport, canonical_json, load_tar, drain, normalize_config, normalize_image, rfc3339, with_labels,
 )
@@ -25,7 +25,7 @@ from builder.normalize.paths import BUILD_VARYING, DEFAULT_DROP, DEFAULT_EMPTY, 
 from builder.normalize.tarformat import BLOCK, CHUNK, EMPTY_LAYER_DIGEST, NormalizeError, SeekableReader, tar_header
 
 __all__ = [
-    "Archive", "BLOCK", "BUILD_VARYING", "CHUNK", "DEFAULT_DROP", "DEFAULT_EMPTY", "EMPTY_LAYER_DIGEST",
+    "Archive", "BLOCK", "config_digest", "BUILD_VARYING", "CHUNK", "DEFAULT_DROP", "DEFAULT_EMPTY", "EMPTY_LAYER_DIGEST",
     "LayerFile", "LayerReport", "NormalizeError", "NormalizeReport", "PYCACHE_DROP", "PycacheMode",
     "SeekableReader", "canonical_json", "load_tar", "drain", "normalize_config", "normalize_image",
     "normalize_layer", "normalize_layer_bytes", "normalize_saved_image", "normalize_to_file", "open_archive",

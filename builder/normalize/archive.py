@@ -148,6 +148,49 @@ def open_archive(f: BinaryIO, stack: contextlib.ExitStack, tmp_dir: str | None =
     return Archive(config=config, layers=layers)
 
 
+SMALL_BLOB = 4 << 20  # indexes, manifests and configs are far smaller; layers are not read
+
+
+def config_digest(stream: BinaryIO, key: str) -> str | None:
+    """The config digest of the image an engine keys as ``key`` (its manifest or index digest),
+    read from a streamed image archive: only the small blobs are kept, and reading stops as soon
+    as the chain key → (index →) manifest → config is complete. None when the archive ends first.
+    """
+    blobs: dict[str, Any] = {}
+
+    def follow(digest: str) -> str | None:
+        for _ in range(4):
+            doc = blobs.get(digest)
+            if doc is None:
+                return None
+            if "config" in doc and "layers" in doc:
+                return str(doc["config"]["digest"])
+            entries = [m for m in doc.get("manifests") or []
+                       if (m.get("platform") or {}).get("architecture") not in ("unknown",)]  # attestations
+            if len(entries) != 1:
+                raise NormalizeError(f"image archive index lists {len(entries)} images; save one image by ID")
+            digest = entries[0]["digest"]
+        raise NormalizeError("image archive index nests too deeply")
+
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = member.name.lstrip("./")
+            if not (member.isfile() and name.startswith("blobs/") and member.size <= SMALL_BLOB):
+                continue
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                continue  # a small layer
+            algorithm, _, hexdigest = name[len("blobs/"):].partition("/")
+            if isinstance(doc, dict):
+                blobs[f"{algorithm}:{hexdigest}"] = doc
+                found = follow(key)
+                if found is not None:
+                    return found
+    return None
+
+
 def normalize_saved_image(src_path: str | os.PathLike[str], epoch: int,
                           **options: Any) -> Generator[bytes, None, image.NormalizeReport]:
     """Yield a normalized ``docker load`` tar for the one image archived at ``src_path``.

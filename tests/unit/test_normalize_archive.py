@@ -120,3 +120,46 @@ def test_an_archive_of_neither_layout_says_so():
         f.write(archive({"something.txt": b"x"}))
         with pytest.raises(N.NormalizeError, match="neither manifest.json nor index.json"):
             N.open_archive(f, stack)
+
+
+def top_digest(data: bytes) -> str:
+    """What the containerd image store calls the image: the digest index.json points to."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return json.loads(tar.extractfile("index.json").read())["manifests"][0]["digest"]
+
+
+class Tripwire(io.RawIOBase):
+    """An archive stream that fails the test when read past ``limit`` bytes."""
+
+    def __init__(self, data: bytes, limit: int):
+        self.data, self.limit, self.pos = data, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), len(self.data) - self.pos)
+        assert self.pos + n <= self.limit or n == 0, "read into the layers"
+        b[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_the_config_digest_is_found_from_the_engines_key(nested):
+    data = oci(nested=nested)
+    assert N.config_digest(io.BytesIO(data), top_digest(data)) == sha(config())
+    assert N.config_digest(io.BytesIO(data), "sha256:" + "0" * 64) is None  # a key the archive does not hold
+
+
+def test_the_config_digest_is_read_without_reading_the_layers():
+    """Manifest and config first (as the engine writes them), then a layer: reading stops before it."""
+    data = oci(nested=False)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    small = {n: b for n, b in members.items() if not n.startswith("blobs/") or b.startswith(b"{")}
+    layers = {n: b + b"\0" * (1 << 20) for n, b in members.items() if n not in small}
+    reordered = tar_of({**small, **layers})
+    limit = len(tar_of(small)) + tarfile.RECORDSIZE  # the small members and tarfile's read-ahead
+    stream = io.BufferedReader(Tripwire(reordered, limit), buffer_size=512)
+    assert N.config_digest(stream, top_digest(data)) == sha(config())
