@@ -154,7 +154,8 @@ SMALL_BLOB = 4 << 20  # indexes, manifests and configs are far smaller; layers a
 def config_digest(stream: BinaryIO, key: str) -> str | None:
     """The config digest of the image an engine keys as ``key`` (its manifest or index digest),
     read from a streamed image archive: only the small blobs are kept, and reading stops as soon
-    as the chain key → (index →) manifest → config is complete. None when the archive ends first.
+    as the chain key → (index →) manifest is complete (the manifest names the config). None when
+    the archive ends first.
     """
     blobs: dict[str, Any] = {}
 
