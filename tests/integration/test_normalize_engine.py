@@ -314,3 +314,18 @@ def test_a_relabelled_copy_has_the_labels_and_the_same_layers(
     assert eng.image_id(labelled) == labelled
     assert eng.run_config(labelled)["Labels"]["org.example.checked"] == "yes"
     assert eng.diff_ids(labelled) == list(rep.diff_ids)
+
+
+def test_an_image_the_adapter_never_loaded_is_named_by_its_config_digest(
+    eng: engine.Engine, two_builds: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adapter that remembers nothing (another user, a fresh cache) still finds the image ID of
+    a build: the engine's own name for it is its config digest on a graph-driver store, and its
+    manifest digest on the containerd store, whose streamed archive then names the config."""
+    config, _ = saved_parts(two_builds[1])
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    engine_key = eng.ref(image_id)
+    assert (engine_key != image_id) == (eng.info.image_store == "containerd")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = engine.Engine(eng.client, eng.info)
+    assert fresh.image_id(engine_key) == image_id
