@@ -95,14 +95,14 @@ def signed_text(inrelease: bytes, keyring: Path) -> str:
         proc = subprocess.run(["gpgv", "--keyring", str(keyring), "--output", str(out), "-"],
                               input=inrelease, capture_output=True)
         if proc.returncode != 0:
-            raise Unavailable(f"the archive's InRelease does not verify with {keyring.name}: "
-                              f"{proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+            last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise Unavailable(f"the archive's InRelease does not verify with {keyring.name}: {last}")
         return out.read_text()
 
 
 def index_hashes(release: str) -> dict[str, str]:
     """Path → sha256 from a Release file's SHA256 section."""
-    (paragraph,) = list(deb822.Release.iter_paragraphs(release.splitlines(), use_apt_pkg=False))[:1]
+    paragraph = next(deb822.Release.iter_paragraphs(release.splitlines(), use_apt_pkg=False), {})
     return {entry["name"]: entry["sha256"] for entry in paragraph.get("SHA256", [])}
 
 
@@ -219,18 +219,22 @@ def add_cve_ids(findings: list[Finding], available: dict[str, Published], mirror
         # the binary named after its source usually holds the docs, then the smallest first;
         # a binary whose doc directory links to another's moves that one to the front
         queue = sorted(siblings.values(), key=lambda p: (p.package != source, p.size))
-        changelog, tried = None, set()
+        changelog, tried, note = None, set(), ""
         while queue and changelog is None and len(tried) < CHANGELOG_TRIES:
             p = queue.pop(0)
             if p.package in tried:
                 continue
             tried.add(p.package)
-            changelog, link = read_changelog(deb(mirror, p), p.package, p.version)
+            try:
+                changelog, link = read_changelog(deb(mirror, p), p.package, p.version)
+            except Unavailable as exc:  # the finding stands; only its CVE ids are missing
+                note = f"changelog not read: {exc}"
+                break
             if link in siblings and link not in tried:
                 queue.insert(0, siblings[link])
         for f in group:
             if changelog is None:
-                f.note = f"no changelog found in {len(tried)} .deb(s) of source {source}"
+                f.note = note or f"no changelog found in {len(tried)} .deb(s) of source {source}"
             else:
                 f.ids = changelog_ids(changelog, f.installed, f.fixed)
 

@@ -165,3 +165,12 @@ def test_a_source_not_checked_is_never_reported_clean() -> None:
 def test_an_archive_that_does_not_answer_is_unavailable() -> None:
     with pytest.raises(audit.Unavailable, match="cannot fetch http://127.0.0.1:9/ubuntu/dists/noble-updates/InRelease"):
         audit.pocket_indexes("http://127.0.0.1:9/ubuntu", "noble", ["main"], KEYRING)
+
+
+def test_a_changelog_that_cannot_be_fetched_leaves_the_finding_without_ids(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    available = {"openssh-server": published("openssh-server", "1:9.6p1-3ubuntu13.20", source="openssh")}
+    found = audit.outdated({"openssh-server": "1:9.6p1-3ubuntu13"}, available)
+    audit.add_cve_ids(found, available, "http://127.0.0.1:9/ubuntu")
+    (finding,) = found
+    assert finding.ids == [] and finding.note.startswith("changelog not read: cannot fetch http://127.0.0.1:9/ubuntu/")
