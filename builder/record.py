@@ -130,7 +130,8 @@ def builder_info(c: Engine | None = None) -> dict[str, Any]:
             version = importlib.metadata.version("pytorch-cuda-images")
         except importlib.metadata.PackageNotFoundError:
             version = "0+unknown"
-    engine_version = c.info.server_version if c is not None else None
+    engine_version = (f"Docker {c.info.server_version} ({c.info.storage_driver}, {c.info.image_store} image store, "
+                      f"layers read from the {c.info.layer_source})" if c is not None else None)
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"version": version, "python": platform.python_version(), "engine": engine_version,

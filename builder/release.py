@@ -31,7 +31,7 @@ def record_build(c: Engine, built: Built, checks: list, records_dir: Path = reco
                                     records_dir=records_dir)
     rec = record.make_record(variant, image=record.inspect_image(c, built.image_id),
                              base=record.inspect_image(c, manifest.base_ref), tags=built.refs, facts=built.facts,
-                             checks=checks, sbom=sbom_file)
+                             checks=checks, sbom=sbom_file, builder=record.builder_info(c))
     labelled = relabel_in_engine(c, built.config, record.attachment_labels(rec), manifest.source_date_epoch)
     if labelled != built.image_id:
         with_labels = record.inspect_image(c, labelled)

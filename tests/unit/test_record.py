@@ -179,3 +179,18 @@ def test_add_push_validates_the_entry(runtime):
     assert pushed["pushes"][0]["digest"] == "sha256:" + "f" * 64 and "pushes" not in r
     with pytest.raises(UserError, match="pushes.0.digest"):
         record.add_push(r, "127.0.0.1:5000/team/pytorch-cuda:tag", "f" * 64, IMAGE_ID)
+
+
+def test_the_builder_block_names_the_engine_outside_the_label_digest(runtime):
+    """Which engine built the image is recorded, and the label digest does not depend on it (one
+    labelled image ID from every engine)."""
+    from builder.engine.probe import EngineInfo
+
+    info = EngineInfo(docker_host="unix:///x", server_version="28.5.2", api_version="1.51", storage_driver="overlayfs",
+                      image_store="containerd", data_root="/var/lib/docker", local=True, rootless=False,
+                      buildkit=True, store_readable=False, layer_source="archive", layer_source_reason="")
+    engine = type("Engine", (), {"info": info})()
+    block = record.builder_info(engine)
+    assert block["engine"] == "Docker 28.5.2 (overlayfs, containerd image store, layers read from the archive)"
+    on_28 = make(runtime, builder=block)
+    assert record.record_digest(on_28) == record.record_digest(make(runtime))
