@@ -76,7 +76,7 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
     if isinstance(run, dict):
         for key in ("Hostname", "Image"):  # the build container's name, the builder's intermediate image
             run.pop(key, None)
-        for key in [k for k, v in run.items() if v in ("", False, None)]:
+        for key in [k for k, v in run.items() if v is None or v is False or v == ""]:  # 0 is a value
             run.pop(key)
     history = cfg.get("history")
     if isinstance(history, list):

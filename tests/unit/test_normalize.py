@@ -656,6 +656,9 @@ def test_the_classic_and_the_containerd_image_store_give_one_config() -> None:
         configs.append(N.normalize_config(raw, ids, EPOCH))
     assert configs[0] == configs[1]
     assert json.loads(configs[0])["config"] == containerd
+    raw = raw_config([sha(b"x")] * 3, "2025-01-01T10:00:00Z", "ab" * 32)
+    raw["config"] = {**containerd, "StopTimeout": 0}  # zero is a value, not an empty field
+    assert json.loads(N.normalize_config(raw, ids, EPOCH))["config"]["StopTimeout"] == 0
 
 
 def saved_image(layers: list[bytes], config: dict, *, tags: list[str] | None = None) -> bytes:
