@@ -73,15 +73,21 @@ def _blob(digest: str) -> str:
     return f"blobs/{algorithm}/{hexdigest}"
 
 
+def _index_entry(index: dict[str, Any]) -> dict[str, Any]:
+    """The one image an OCI index names (attestation manifests, platform "unknown", aside)."""
+    entries = [m for m in index.get("manifests") or []
+               if (m.get("platform") or {}).get("architecture") not in ("unknown",)]
+    if len(entries) != 1:
+        raise NormalizeError(f"image archive index lists {len(entries)} images; save one image by ID")
+    return entries[0]
+
+
 def _oci_manifest(f: BinaryIO, members: dict[str, tarfile.TarInfo], index: dict[str, Any]) -> dict[str, Any]:
     """Follow an OCI index (possibly nested) down to the one image manifest it holds."""
     for _ in range(4):
-        entries = [m for m in index.get("manifests") or []
-                   if (m.get("platform") or {}).get("architecture") not in ("unknown",)]  # attestations
-        if len(entries) != 1:
-            raise NormalizeError(f"image archive index lists {len(entries)} images; save one image by ID")
-        doc = json.loads(_read(f, _resolve(members, _blob(entries[0]["digest"]))))
-        if doc.get("mediaType", entries[0].get("mediaType")) not in _INDEX_TYPES and "layers" in doc:
+        entry = _index_entry(index)
+        doc = json.loads(_read(f, _resolve(members, _blob(entry["digest"]))))
+        if doc.get("mediaType", entry.get("mediaType")) not in _INDEX_TYPES and "layers" in doc:
             return doc
         index = doc
     raise NormalizeError("image archive index nests too deeply")
@@ -166,11 +172,7 @@ def config_digest(stream: BinaryIO, key: str) -> str | None:
                 return None
             if "config" in doc and "layers" in doc:
                 return str(doc["config"]["digest"])
-            entries = [m for m in doc.get("manifests") or []
-                       if (m.get("platform") or {}).get("architecture") not in ("unknown",)]  # attestations
-            if len(entries) != 1:
-                raise NormalizeError(f"image archive index lists {len(entries)} images; save one image by ID")
-            digest = entries[0]["digest"]
+            digest = _index_entry(doc)["digest"]
         raise NormalizeError("image archive index nests too deeply")
 
     with tarfile.open(fileobj=stream, mode="r|") as tar:
