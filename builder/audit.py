@@ -33,7 +33,7 @@ from debian import deb822, debfile
 from debian.changelog import Changelog
 from debian.debian_support import Version
 
-from builder import aptlock, base, cache
+from builder import aptlock, base, cache, facts
 from builder.engine import Engine
 from builder.manifest import Manifest
 
@@ -210,12 +210,15 @@ def read_changelog(path: Path, package: str, version: str) -> tuple[Changelog | 
 def add_cve_ids(findings: list[Finding], available: dict[str, Published], mirror: str) -> None:
     """Name the CVE ids per finding, reading one changelog per source package and version."""
     logging.getLogger("debian.changelog").setLevel(logging.ERROR)  # old entries in odd formats
+    built_from: dict[tuple[str, str], dict[str, Published]] = {}  # (source, version) → its binaries
+    for p in available.values():
+        built_from.setdefault((p.source, p.version), {})[p.package] = p
     by_source: dict[tuple[str, str], list[Finding]] = {}
     for f in findings:
         p = available[f.package]
         by_source.setdefault((p.source, p.version), []).append(f)
     for (source, version), group in by_source.items():
-        siblings = {p.package: p for p in available.values() if p.source == source and p.version == version}
+        siblings = built_from[(source, version)]
         # the binary named after its source usually holds the docs, then the smallest first;
         # a binary whose doc directory links to another's moves that one to the front
         queue = sorted(siblings.values(), key=lambda p: (p.package != source, p.size))
@@ -259,10 +262,6 @@ def audit_ubuntu(c: Engine, image: str, manifest: Manifest, mirror: str | None =
 
 # --- python -----------------------------------------------------------------------------------
 
-DISTRIBUTIONS = ("import importlib.metadata as m, json; "
-                 "print(json.dumps(sorted({d.metadata['Name']: d.version for d in m.distributions()}.items())))")
-
-
 def parse_pip_audit(output: str) -> list[Finding]:
     """pip-audit's `--format json` (the current object form and the older bare list)."""
     data = json.loads(output)
@@ -280,11 +279,9 @@ def audit_python(c: Engine, image: str) -> Result:
     if pip_audit is None:
         return Result("python", False, "pip-audit is not installed (pip install pip-audit); it also needs a route "
                                        "to an advisory service (PyPI's per-version JSON API or OSV)")
-    listed = c.run(image, ["python", "-c", DISTRIBUTIONS], entrypoint=[], network_disabled=True)
-    if listed.exit_code != 0:
-        return Result("python", False, f"cannot list the image's Python distributions: {listed.output[-300:]}")
+    packages = facts.collect(c, image)["packages"]  # name → version, as the image's Python reports them
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as requirements:
-        requirements.write("".join(f"{name}=={version}\n" for name, version in json.loads(listed.output)))
+        requirements.write("".join(f"{name}=={version}\n" for name, version in sorted(packages.items())))
         requirements.flush()
         proc = subprocess.run([pip_audit, "--requirement", requirements.name, "--no-deps", "--disable-pip",
                                "--format", "json", "--progress-spinner", "off"], capture_output=True, text=True)
