@@ -1,101 +1,232 @@
-"""The Ubuntu packages each stage installed, and their versions: manifests/locks/apt-<os>.txt.
+"""The Ubuntu packages of every stage, pinned: manifests/locks/apt-<os>.txt.
 
-Python packages are locked before the build (`build.py lock`); apt resolves during it. So the
-build reads back what dpkg installed and compares it with the committed record: section `[os]`
-for the bootstrapped base (what runtime holds), one section per flavor for what its stage adds
-or changes. The default archive state (the release pocket) does not move, so the record stays
-true; if it ever differs, the build stops before tagging and says what moved. A missing section
-is written (and should be committed); `build --update-apt-lock` accepts a change on purpose.
+`build.py lock --apt` writes it (builder/aptresolve.py): for the bootstrapped base (section
+``[os]``) and for each flavor that installs Ubuntu packages (``[ssh]``: what its step adds on
+top of the base), every package at its exact version, with the sha256 of its .deb as the
+archive's signed index listed it and the .deb's path in the archive's pool. Builds install
+exactly those bytes: the base from a local repository of checked .debs (builder/base.py), a
+flavor's step by downloading each .deb with its sha256 checked before install (the rendered
+Dockerfile). The lock also records when it was resolved, which is how old its view of the
+security pocket is. After a build the builder reads back what dpkg installed and compares;
+anything else stops the build before tagging.
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+from builder import cache
 from builder.engine import Engine
-from builder.errors import BuildFailed
+from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest, Variant
 
-Packages = dict[str, str]
+RESOLVED = re.compile(r"^# resolved: (\S+)$")
+SNAPSHOTS = "http://snapshot.ubuntu.com/ubuntu"
+
+
+def mirror(manifest: Manifest) -> str:
+    """Where .debs are fetched from: the manifest's mirror, or with os.bootstrap.snapshot the
+    archive as it was at that instant (snapshot.ubuntu.com), which never drops a version."""
+    boot = manifest.os["bootstrap"]
+    return f"{SNAPSHOTS}/{boot['snapshot']}" if boot.get("snapshot") else boot["mirror"]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One package at one version, and the .deb that is that version."""
+    name: str
+    version: str
+    sha256: str = ""
+    filename: str = ""  # the .deb's path under the archive root (pool/...)
+
+    @property
+    def deb(self) -> str:
+        """A file name for the .deb that says what it is (the pool's name, as in filename)."""
+        return self.filename.rsplit("/", 1)[-1] or f"{self.name}_{self.version.replace(':', '%3a')}.deb"
+
+    def line(self) -> str:
+        return f"{self.name}={self.version} sha256:{self.sha256} {self.filename}"
+
+
+@dataclass
+class Lock:
+    path: Path
+    sections: dict[str, dict[str, Pin]]
+    resolved: datetime | None = None  # when `lock --apt` read the archive
+
+    def versions(self, section: str) -> dict[str, str]:
+        return {p.name: p.version for p in self.sections.get(section, {}).values()}
+
+    def age_days(self, now: datetime | None = None) -> float | None:
+        if self.resolved is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - self.resolved).total_seconds() / 86400
 
 
 def lock_path(manifest: Manifest) -> Path:
-    return manifest.path.parent / "locks" / f"apt-{manifest.os['name']}{manifest.os['version']}.txt"
+    return manifest.apt_lock_path
 
 
-def read(path: Path) -> dict[str, Packages]:
-    sections: dict[str, Packages] = {}
+def parse_pin(text: str) -> Pin:
+    """``name=version sha256:HEX pool/…/file.deb``; the last two are absent in a lock from before hashes."""
+    fields = text.split()
+    name, sep, version = fields[0].partition("=")
+    if not sep or not name or not version or len(fields) not in (1, 3) or (
+            len(fields) == 3 and not re.fullmatch(r"sha256:[0-9a-f]{64}", fields[1])):
+        raise ValueError("expected name=version sha256:<64 hex> pool/<path>.deb")
+    return Pin(name, version, fields[1][len("sha256:"):], fields[2]) if len(fields) == 3 else Pin(name, version)
+
+
+def read(path: Path) -> Lock:
+    lock = Lock(path, {})
     current = None
     for number, line in enumerate(path.read_text().splitlines(), 1) if path.exists() else ():
         line = line.strip()
+        if match := RESOLVED.match(line):
+            try:
+                lock.resolved = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+            except ValueError:
+                raise UserError(f"{path}:{number}: the resolved date {match.group(1)!r} is not ISO 8601; "
+                                f"run `python build.py lock --apt` to rewrite the file") from None
+            continue
         if not line or line.startswith("#"):
             continue
         if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-        elif current is not None and "=" in line:
-            name, _, version = line.partition("=")
-            current[name] = version
-        else:
-            raise BuildFailed(f"{path}:{number}: expected [section] or package=version, got {line!r}")
-    return sections
+            current = lock.sections.setdefault(line[1:-1], {})
+            continue
+        try:
+            if current is None:
+                raise ValueError("a package before any [section]")
+            pin = parse_pin(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{number}: {exc}, got {line!r}; "
+                            f"run `python build.py lock --apt` to rewrite the file") from None
+        current[pin.name] = pin
+    return lock
 
 
-def write(path: Path, manifest: Manifest, sections: dict[str, Packages]) -> None:
-    boot = manifest.os.get("bootstrap") or {}
-    source = (f"{boot['mirror']} {manifest.os['codename']} ({', '.join(boot['components'])})"
-              if boot else f"the image {manifest.os.get('image')}")
-    lines = ["# Generated by `build.py build`: the Ubuntu packages each stage installed. Do not edit; commit it.",
-             f"# Source: {source}. [os] is the base every image has; [<flavor>] what that flavor's stage adds.",
-             "# A build whose packages differ stops before tagging (see builder/aptlock.py)."]
-    for name in ["os"] + sorted(s for s in sections if s != "os"):
-        if name in sections:
-            lines += ["", f"[{name}]"] + [f"{p}={v}" for p, v in sorted(sections[name].items())]
+def write(lock: Lock, manifest: Manifest) -> None:
+    boot = manifest.os["bootstrap"]
+    codename = manifest.os["codename"]
+    resolved = (lock.resolved or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = ["# Generated by `python build.py lock --apt`; do not edit, commit it.",
+             f"# resolved: {resolved}",
+             f"# archive: {boot['mirror']} {codename} {codename}-updates {codename}-security "
+             f"({', '.join(boot['components'])}), newest version of each package",
+             "# [os]: the bootstrapped base every image has; [<flavor>]: what that flavor's apt step adds.",
+             "# Each line: package=version sha256:<sha256 of the .deb> <its path in the archive>."]
+    for name in ["os"] + sorted(s for s in lock.sections if s != "os"):
+        if name in lock.sections:
+            lines += ["", f"[{name}]"] + [p.line() for _, p in sorted(lock.sections[name].items())]
+    lock.path.parent.mkdir(parents=True, exist_ok=True)
+    lock.path.write_text("\n".join(lines) + "\n")
+
+
+def apt_flavors(variant: Variant) -> list[str]:
+    """The flavors in this image whose step installs Ubuntu packages: one lock section each."""
+    return [f for f in variant.contents() if variant.spec(f).get("apt_packages")]
+
+
+def pins(lock: Lock, section: str) -> list[Pin]:
+    """A section's pins, every one with its sha256 (a build installs nothing unchecked)."""
+    if section not in lock.sections:
+        raise UserError(f"{lock.path} has no [{section}] section; run `python build.py lock --apt` and commit it")
+    unhashed = [p.name for p in lock.sections[section].values() if not p.sha256]
+    if unhashed:
+        raise UserError(f"{lock.path} [{section}]: {', '.join(unhashed[:5])}{' …' if len(unhashed) > 5 else ''} "
+                        f"have no sha256; run `python build.py lock --apt` and commit the file")
+    return [p for _, p in sorted(lock.sections[section].items())]
+
+
+# --- .debs: the user's cache, filled from the archive, every file checked -------------------------
+
+def cached_deb(sha256: str) -> Path:
+    return cache.path("debs", f"{sha256}.deb")
+
+
+def fetch_deb(pin: Pin, mirror: str, timeout: int = 120) -> Path:
+    """The pinned .deb from the cache, else from the mirror; its sha256 is checked either way.
+
+    Raises UserError when the archive no longer serves it (the -updates and -security pockets
+    drop superseded versions): only a relock, the cache of a machine that built it, or an
+    archive snapshot can give it back.
+    """
+    path = cached_deb(pin.sha256)
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256:
+        return path
+    url = f"{mirror}/{pin.filename}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"the archive no longer serves {pin.name}={pin.version} ({url}: HTTP {exc.code}) and "
+                        f"the .deb cache ({path.parent}) does not hold it; run `python build.py lock --apt` "
+                        f"to pin what the archive serves now (or set os.bootstrap.snapshot)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"cannot fetch {pin.name}={pin.version} from {url} "
+                        f"({getattr(exc, 'reason', exc)}); is the archive reachable?") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != pin.sha256:
+        raise BuildFailed(f"{url} has sha256 {digest}, the lock says {pin.sha256} for {pin.name}={pin.version}; "
+                          f"nothing was installed from it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    part = path.with_suffix(f".part-{digest[:8]}")
+    part.write_bytes(data)
+    part.replace(path)
+    return path
 
 
-def installed(c: Engine, image: str) -> Packages:
+def check_served(pin: Pin, mirror: str, timeout: int = 30) -> None:
+    """Fail with the package and version when the archive no longer serves the pinned .deb."""
+    url = f"{mirror}/{pin.filename}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"the archive no longer serves {pin.name}={pin.version} ({url}: HTTP {exc.code}), "
+                        f"which a flavor's step downloads during the build; run `python build.py lock --apt` "
+                        f"to pin what the archive serves now (or set os.bootstrap.snapshot)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"cannot reach {url} ({getattr(exc, 'reason', exc)}) to check {pin.name}={pin.version}; "
+                        f"is the archive reachable?") from None
+
+
+# --- after a build: what dpkg installed is what the lock says ------------------------------------
+
+def installed(c: Engine, image: str) -> dict[str, str]:
     """Package → version of every package dpkg has installed in the image."""
     result = c.run(image, ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Package}=${Version}\\n"],
-                        entrypoint=[], network_disabled=True)
+                   entrypoint=[], network_disabled=True)
     if result.exit_code != 0:
         raise BuildFailed(f"dpkg-query failed in {image}: {result.output[-500:]}")
     return dict(line[3:].split("=", 1) for line in result.output.splitlines() if line.startswith("ii "))
 
 
-def stage_of(variant: Variant, packages: Packages, recorded: dict[str, Packages]) -> tuple[str, Packages]:
-    """The section this image's stage owns, and what belongs in it."""
-    if variant.flavor == "runtime":
-        return "os", packages
-    base = recorded.get("os")
-    if base is None:
-        raise BuildFailed(f"{lock_path(variant.manifest)} has no [os] section: build runtime first")
-    return variant.flavor, {p: v for p, v in packages.items() if base.get(p) != v}
+def expected(lock: Lock, variant: Variant) -> dict[str, str]:
+    """Package → version this variant's image must have: the base, then each flavor's additions."""
+    packages = lock.versions("os")
+    for flavor in apt_flavors(variant):
+        packages.update(lock.versions(flavor))
+    return packages
 
 
-def changes(old: Packages, new: Packages) -> list[str]:
+def changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return ([f"{p}: {old[p]} -> {new[p]}" for p in sorted(old.keys() & new.keys()) if old[p] != new[p]]
             + [f"{p}: new ({new[p]})" for p in sorted(new.keys() - old.keys())]
             + [f"{p}: gone (was {old[p]})" for p in sorted(old.keys() - new.keys())])
 
 
-def check(c: Engine, variant: Variant, image: str, *, update: bool = False,
-          quiet: bool = False) -> None:
-    """Compare what the image's stage installed with the record; record it when new or asked to."""
-    path = lock_path(variant.manifest)
-    recorded = read(path)
-    section, packages = stage_of(variant, installed(c, image), recorded)
-    if section in recorded and recorded[section] == packages:
-        return
-    if section in recorded and not update:
-        moved = changes(recorded[section], packages)
+def check(c: Engine, variant: Variant, image: str) -> None:
+    """Stop before tagging when the image's Ubuntu packages are not exactly the lock's."""
+    lock = read(lock_path(variant.manifest))
+    moved = changes(expected(lock, variant), installed(c, image))
+    if moved:
         raise BuildFailed(
-            f"variant {variant.name}: the Ubuntu packages of stage [{section}] differ from {path}, so the image "
-            f"{image} is left untagged:\n  " + "\n  ".join(moved[:20])
+            f"variant {variant.name}: the image's Ubuntu packages differ from {lock.path}, so the image "
+            f"{image} is left untagged (lock → image):\n  " + "\n  ".join(moved[:20])
             + ("\n  ..." if len(moved) > 20 else "")
-            + "\nThe archive state moved. Pin the versions in the manifest (os.bootstrap.packages, "
-              "flavors.<flavor>.apt_packages: name=version) or an archive snapshot (os.bootstrap.snapshot), "
-              "or accept the change with `build.py build --update-apt-lock` and commit the file.")
-    recorded[section] = packages
-    write(path, variant.manifest, recorded)
-    if not quiet:
-        print(f"recorded {len(packages)} Ubuntu packages of stage [{section}] in {path}: commit it", flush=True)
+            + "\nRun `python build.py lock --apt`, commit the lock, and build again.")

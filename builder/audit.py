@@ -5,9 +5,10 @@ Two sources, each either checked or not — never "clean" for what could not be 
 - ``ubuntu``: every installed Ubuntu package older than what the archive's -updates and
   -security pockets publish now. The pockets' indexes are read from the manifest's mirror and
   trusted only through the archive's signature (gpgv with the manifest's sha256-pinned keyring)
-  and the signed index hashes; the CVE ids come from the newer package's own changelog (one
-  .deb per source package, checked against the index's sha256 and kept in the user's cache,
-  never in an image).
+  and the signed index hashes, and kept in the user's cache by that hash, so an unchanged pocket
+  costs only its InRelease; the CVE ids come from the newer package's own changelog (one .deb
+  per source package, checked against the index's sha256 and kept in the user's cache, never
+  in an image).
 - ``python``: pip-audit's findings for the distributions installed in the image's Python. It
   needs pip-audit and a route to an advisory service (PyPI's per-version JSON API or OSV).
 """
@@ -18,14 +19,17 @@ import hashlib
 import json
 import logging
 import lzma
+import os
 import posixpath
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,12 +39,14 @@ from debian.debian_support import Version
 
 from builder import aptlock, base, cache, facts
 from builder.engine import Engine
+from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
 
 SOURCES = ("ubuntu", "python")
 POCKETS = ("updates", "security")  # suffixes of the release codename
 CVE = re.compile(r"CVE-\d{4}-\d{4,}")
 CHANGELOG_TRIES = 4  # binaries of one source package tried for its changelog (many link their docs)
+INDEX_KEEP_DAYS = 7  # a cached pocket index unused this long is removed (the pockets move daily)
 
 
 class Unavailable(Exception):
@@ -126,6 +132,45 @@ def newest(published: Iterable[Published]) -> dict[str, Published]:
     return best
 
 
+def cached_index(url: str, sha256: str) -> bytes:
+    """A Packages.xz the signed InRelease lists with this sha256: from the user's cache when it holds
+    those bytes (checked on every read), else from the mirror, then kept. Keyed by the signed hash,
+    an entry is never stale, only unused; a cache that cannot be written costs a download, no more."""
+    folder = cache.path("apt-indexes")
+    path = folder / f"{sha256}.xz"
+    try:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == sha256:
+            os.utime(path)  # used: pruning goes by when an entry was last used
+            return data
+    except OSError:
+        pass
+    data = fetch(url)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise Unavailable(f"{url} does not match its signed sha256")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{sha256}.{os.getpid()}.part"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        prune_indexes(folder, keep=path)
+    except OSError:
+        pass
+    return data
+
+
+def prune_indexes(folder: Path, keep: Path, now: float | None = None) -> None:
+    """Remove cached indexes not used for INDEX_KEEP_DAYS: each pocket publishes a new one every
+    day or so, and only the newest is ever asked for."""
+    cutoff = (time.time() if now is None else now) - INDEX_KEEP_DAYS * 86400
+    for old in folder.glob("*.xz"):
+        try:
+            if old != keep and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def pocket_indexes(mirror: str, codename: str, components: list[str], keyring: Path) -> list[Published]:
     """Every binary package of amd64 in the -updates and -security pockets, signature checked."""
     published = []
@@ -137,9 +182,7 @@ def pocket_indexes(mirror: str, codename: str, components: list[str], keyring: P
             path = f"{component}/binary-amd64/Packages.xz"
             if path not in hashes:
                 raise Unavailable(f"{mirror}/dists/{suite}/InRelease lists no {path}")
-            data = fetch(f"{mirror}/dists/{suite}/{path}")
-            if hashlib.sha256(data).hexdigest() != hashes[path]:
-                raise Unavailable(f"{mirror}/dists/{suite}/{path} does not match its signed sha256")
+            data = cached_index(f"{mirror}/dists/{suite}/{path}", hashes[path])
             published += parse_packages(lzma.decompress(data).decode(), suite)
     return published
 
@@ -169,16 +212,10 @@ def changelog_ids(changelog: Changelog, installed: str, fixed: str) -> list[str]
 
 def deb(mirror: str, p: Published) -> Path:
     """The .deb, from the user's cache or the mirror, checked against the index's sha256."""
-    path = cache.path("debs", f"{p.sha256}.deb")
-    if not path.exists():
-        data = fetch(f"{mirror}/{p.filename}")
-        if hashlib.sha256(data).hexdigest() != p.sha256:
-            raise Unavailable(f"{mirror}/{p.filename} does not match the sha256 its index lists")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path
+    try:
+        return aptlock.fetch_deb(aptlock.Pin(p.package, p.version, p.sha256, p.filename), mirror)
+    except (UserError, BuildFailed) as exc:
+        raise Unavailable(str(exc)) from None
 
 
 def read_changelog(path: Path, package: str, version: str) -> tuple[Changelog | None, str]:
@@ -318,6 +355,20 @@ def report(image: str, results: list[Result]) -> str:
                 ids = ", ".join(f.ids) or f.note or "-"
                 lines.append(f"  {f.package:<32} {f.installed:<28} {f.fixed:<28} {f.where:<18} {ids}")
     return "\n".join(lines) + "\n"
+
+
+def summary(results: list[Result], at: datetime) -> dict[str, Any]:
+    """What a build record keeps of an audit (its key `audit`, manifests/record.schema.json): when it
+    ran, and per source whether it was checked, why, and what it found. sbom is filled in by the
+    caller once the audited SBOM is written."""
+    def finding(f: Finding) -> dict[str, Any]:
+        entry = {"package": f.package, "installed": f.installed, "fixed": f.fixed, "where": f.where, "ids": list(f.ids)}
+        return {**entry, "note": f.note} if f.note else entry
+
+    return {"at": at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sources": {r.source: {"checked": r.checked, "why": r.why, "count": len(r.findings),
+                                   "findings": [finding(f) for f in r.findings]} for r in results},
+            "sbom": None}
 
 
 def as_json(image: str, results: list[Result]) -> str:

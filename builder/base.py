@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from debian import debfile
 
-from builder import engine, normalize
+from builder import aptlock, engine, normalize
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
+
+
+FILE_MIRROR_HOOKS = "/usr/share/mmdebstrap/hooks/file-mirror-automount"  # makes file:// mirrors visible in the chroot
 
 
 def ensure_base(c: Engine, manifest: Manifest, quiet: bool = False) -> str:
@@ -29,11 +35,12 @@ def ensure_base(c: Engine, manifest: Manifest, quiet: bool = False) -> str:
         return ref
     if "image" in manifest.os:
         return pull_pinned(c, ref)
+    pins = aptlock.pins(aptlock.read(aptlock.lock_path(manifest)), "os")
     with tempfile.TemporaryDirectory(prefix="pytorch-cuda-base-") as tmp:
-        os.chmod(tmp, 0o755)  # apt reads the keyring as the unprivileged _apt user
-        keyring = fetch_keyring(manifest, Path(tmp))
+        os.chmod(tmp, 0o755)  # apt reads the local repository as the unprivileged _apt user
+        repo = local_repository(pins, aptlock.mirror(manifest), Path(tmp) / "repo", manifest.os["codename"], quiet)
         rootfs = Path(tmp) / "rootfs.tar"
-        bootstrap(manifest, keyring, rootfs, quiet)
+        bootstrap(manifest, pins, repo, rootfs, quiet)
         canonical = Path(tmp) / "rootfs-canonical.tar"
         with open(rootfs, "rb") as src, open(canonical, "wb") as dst:
             # imported in the form normalization gives it, the base layer is never rewritten again
@@ -41,6 +48,40 @@ def ensure_base(c: Engine, manifest: Manifest, quiet: bool = False) -> str:
         rootfs.unlink()
         import_rootfs(c, canonical, ref)
     return ref
+
+
+def local_repository(pins: list[aptlock.Pin], archive: str, repo: Path, codename: str, quiet: bool) -> Path:
+    """An apt repository (suite `codename`, component main) holding exactly the pinned .debs,
+    each checked against its sha256.
+
+    mmdebstrap installs from it alone, so apt has one candidate per package: the lock's. The
+    .debs come from the user's cache, or from the archive once (then they are cached).
+    """
+    pool, index = repo / "pool", repo / "dists" / codename / "main" / "binary-amd64"
+    pool.mkdir(parents=True)
+    index.mkdir(parents=True)
+    if not quiet:
+        print(f"fetching {len(pins)} pinned Ubuntu packages (sha256 checked; cache: "
+              f"{aptlock.cached_deb('x').parent})", flush=True)
+    with ThreadPoolExecutor(max_workers=8) as workers:
+        debs = list(workers.map(lambda p: aptlock.fetch_deb(p, archive), pins))
+    stanzas = []
+    for pin, deb in zip(pins, debs):
+        target = pool / pin.deb
+        shutil.copyfile(deb, target)
+        control = debfile.DebFile(str(target)).debcontrol()
+        control["Filename"] = f"pool/{pin.deb}"
+        control["Size"] = str(target.stat().st_size)
+        control["SHA256"] = pin.sha256
+        stanzas.append(control.dump())
+    packages = "\n".join(stanzas).encode()
+    (index / "Packages").write_bytes(packages)
+    (repo / "dists" / codename / "Release").write_text(
+        f"Suite: {codename}\nCodename: {codename}\nArchitectures: amd64 all\nComponents: main\n"
+        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n")
+    for path in [repo, *repo.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return repo
 
 
 def pull_pinned(c: Engine, ref: str) -> str:
@@ -74,38 +115,36 @@ def fetch_keyring(manifest: Manifest, tmp: Path) -> Path:
     return keyring
 
 
-SNAPSHOTS = "http://snapshot.ubuntu.com/ubuntu"
+def image_sources(manifest: Manifest) -> str:
+    """/etc/apt/sources.list.d/ubuntu.sources in the image: the release and both pockets, so a
+    user's `apt-get install` gets security fixes; the build itself never reads it."""
+    boot, codename = manifest.os["bootstrap"], manifest.os["codename"]
+    return (f"Types: deb\nURIs: {boot['mirror']}\nSuites: {codename} {codename}-updates {codename}-security\n"
+            f"Components: {' '.join(boot['components'])}\n"
+            f"Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg\n")
 
 
-def mirror(manifest: Manifest) -> str:
-    """The archive the base (and every later apt-get in the image) installs from.
-
-    With os.bootstrap.snapshot the archive as it was at that instant (snapshot.ubuntu.com),
-    so updates pockets could be pinned too; without, the mirror's release pocket, which does
-    not move after release.
-    """
-    boot = manifest.os["bootstrap"]
-    return f"{SNAPSHOTS}/{boot['snapshot']}" if boot.get("snapshot") else boot["mirror"]
-
-
-def mmdebstrap_command(manifest: Manifest, keyring: Path, out: Path) -> list[str]:
-    os_, boot, user = manifest.os, manifest.os["bootstrap"], manifest.user
+def mmdebstrap_command(manifest: Manifest, pins: list[aptlock.Pin], repo: Path, out: Path) -> list[str]:
+    """Essential packages first, then every other package of the lock by name: the lock alone
+    says what is installed (the archive's priority overrides, which minbase reads, are not in
+    the .debs)."""
+    os_, user = manifest.os, manifest.user
     hook = (f'chroot "$1" useradd --create-home --uid {user["uid"]} --user-group --shell /bin/bash {user["name"]}'
             f' && install -d -o {user["uid"]} -g {user["uid"]} "$1/workspace"')
-    return ["mmdebstrap", "--variant=minbase", "--mode=auto", "--format=tar",
-            f"--components={','.join(boot['components'])}",
-            f"--include={','.join(boot['packages'])}",
-            f"--keyring={keyring}",
+    sources = (f'rm -f "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*'
+               f' && printf %s {shlex.quote(image_sources(manifest))} > "$1/etc/apt/sources.list.d/ubuntu.sources"')
+    return ["mmdebstrap", "--variant=essential", "--mode=auto", "--format=tar",
+            f"--include={','.join(p.name for p in pins)}",
+            f"--hook-dir={FILE_MIRROR_HOOKS}",
             f"--customize-hook={hook}",
-            os_["codename"], str(out), mirror(manifest)]
-
-
-def bootstrap(manifest: Manifest, keyring: Path, out: Path, quiet: bool) -> None:
+            f"--customize-hook={sources}",
+            os_["codename"], str(out), f"deb [trusted=yes] file://{repo} {os_['codename']} main"]
+def bootstrap(manifest: Manifest, pins: list[aptlock.Pin], repo: Path, out: Path, quiet: bool) -> None:
     if shutil.which("mmdebstrap") is None:
         raise UserError("mmdebstrap is not installed: `apt-get install mmdebstrap` (Debian/Ubuntu), "
                         "or name a registry base under os.image in the manifest")
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(manifest.source_date_epoch)}
-    cmd = mmdebstrap_command(manifest, keyring, out)
+    cmd = mmdebstrap_command(manifest, pins, repo, out)
     if not quiet:
         print(f"bootstrapping {manifest.base_ref} with mmdebstrap ({manifest.os['codename']})", flush=True)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from builder import audit, context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
+from builder import aptlock, aptresolve, audit, context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
 from builder.errors import BuildFailed, UserError
 
 DESCRIPTION = """Build, tag and verify reproducible PyTorch/CUDA images from manifests/images.yaml.
@@ -57,6 +57,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
+    if args.apt:
+        changed = aptresolve.lock_apt(m, quiet=args.quiet)
+        print("\n".join(changed) if changed else "no Ubuntu package changed")
+        written = render.write(m, list(m.variants()))  # the flavors' pinned .debs are in the Dockerfiles
+        print(f"wrote {aptlock.lock_path(m)} and {len(written)} files under images/: commit them, then build")
+        return 0
     chosen = m.variants().values() if args.all or not args.variant else [m.variant(args.variant)]
     failed = 0
     done: set = set()
@@ -90,9 +96,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 1
         print(f"reproducible: both builds gave {built.image_id}")
     else:
-        built = pipeline.build(c, variant, nocache=args.no_cache, update_apt_lock=args.update_apt_lock, **options)
+        built = pipeline.build(c, variant, nocache=args.no_cache, **options)
     results = [] if args.skip_verify else run_verify(c, built.image_id, variant, args.ca_bundle, built.runtime_id)
-    image_id, _ = release.record_build(c, built, results, args.records, quiet=args.quiet)
+    audit_sources = () if args.skip_verify or args.skip_audit else release.AUDIT_SOURCES
+    image_id, _ = release.record_build(c, built, results, args.records, quiet=args.quiet, audit_sources=audit_sources)
     if results and not all(r.ok for r in results):
         print(f"verification failed: nothing was tagged; the image stays as {image_id}", file=sys.stderr)
         return 1
@@ -238,8 +245,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     image = image_of(m, args.target, args.repository)
     if not c.image_exists(image):
         raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
+    build_sbom = release.build_sbom_of(c, image, args.records) if args.sbom else None  # before the slow part
     results = audit.audit(c, image, m, sources, mirror=args.mirror)
     sys.stdout.write(audit.as_json(image, results) if args.json else audit.report(image, results))
+    if build_sbom is not None:
+        written = release.write_audited_sbom(build_sbom, results, args.sbom, mirror=release.audit_mirror(m, args.mirror))
+        print(f"wrote {args.sbom}: version {written['version']} of {build_sbom.name} with the findings "
+              f"(sha256 {written['sha256']})", file=sys.stderr)
     return audit.exit_code(results)
 
 
@@ -258,9 +270,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="only report drift between images/ and the templates")
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("lock", help="resolve hash-locked requirements into manifests/locks/ (uv)")
+    s = sub.add_parser("lock", help="resolve hash-locked requirements into manifests/locks/ (uv); "
+                                    "--apt: the Ubuntu packages (apt)")
     s.add_argument("variant", nargs="?", help="one variant's lock (default: all)")
     s.add_argument("--all", action="store_true", help="every lock")
+    s.add_argument("--apt", action="store_true",
+                   help="pin the newest Ubuntu packages of the release, -updates and -security pockets "
+                        "(exact versions and .deb sha256s) in manifests/locks/apt-*.txt and print what changed")
+    s.add_argument("--quiet", action="store_true", help="print only what changed")
     s.set_defaults(func=cmd_lock)
 
     s = sub.add_parser("doctor", help="what engine answers, how its layers will be read and why, what is missing")
@@ -274,12 +291,14 @@ def parser() -> argparse.ArgumentParser:
                                        "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)")
     s.add_argument("--repository", help="image repository name (default: the manifest's name)")
     s.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
-    s.add_argument("--skip-verify", action="store_true", help="record and tag without running verify")
+    s.add_argument("--skip-verify", action="store_true",
+                   help="record and tag without running verify (nor the security audit)")
+    s.add_argument("--skip-audit", action="store_true",
+                   help="do not audit the verified image against the Ubuntu pockets and Python advisories "
+                        "(the record then says audit: null)")
     s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
                    help="how normalization reads the built layers: the engine's store, the image archive "
                         "(docker save), or auto: the store where it is local and readable (default)")
-    s.add_argument("--update-apt-lock", action="store_true",
-                   help="accept Ubuntu package versions that differ from manifests/locks/apt-*.txt and record them")
     s.add_argument("--check-reproducible", action="store_true",
                    help="build twice from a cleared cache (base bootstrap included); exit 1 unless the IDs match")
     s.add_argument("--quiet", action="store_true", help="no build output unless a step fails")
@@ -330,6 +349,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--mirror", help="the Ubuntu archive to compare with (default: the manifest's os.bootstrap.mirror)")
     s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
     s.add_argument("--json", action="store_true", help="the findings as JSON")
+    s.add_argument("--sbom", type=Path, metavar="PATH",
+                   help="also write the image's SBOM (from its build record) as its next version with the "
+                        "findings as CycloneDX vulnerabilities")
+    s.add_argument("--records", type=Path, default=record.RECORDS,
+                   help="where the image's build record and SBOM are (default: build/records)")
     s.set_defaults(func=cmd_audit)
     return p
 

@@ -17,6 +17,10 @@ from packaging.version import InvalidVersion, Version
 
 from builder.errors import UserError
 
+# How the base is bootstrapped; changing the bootstrap's form (builder/base.py) changes this, so
+# a base made the old way is not taken for one made the new way.
+BOOTSTRAP_FORM = "local-repository-of-locked-debs/1"
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "images.yaml"
 SCHEMA = ROOT / "manifests" / "images.schema.json"
@@ -88,9 +92,24 @@ class Manifest:
         """
         if "image" in self.os:
             return self.os["image"]
-        inputs = {"os": self.os, "user": self.user, "source_date_epoch": self.source_date_epoch}
+        inputs = {"os": self.os, "user": self.user, "source_date_epoch": self.source_date_epoch,
+                  "apt_lock_os": self._apt_lock_section("os"), "bootstrap": BOOTSTRAP_FORM}
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-base:{self.os['name']}{self.os['version']}-{digest}"
+
+    @property
+    def apt_lock_path(self) -> Path:
+        """The Ubuntu packages of every stage, pinned (builder/aptlock.py)."""
+        return self.path.parent / "locks" / f"apt-{self.os['name']}{self.os['version']}.txt"
+
+    def _apt_lock_section(self, section: str) -> list[str]:
+        lines, inside = [], False
+        for line in self.apt_lock_path.read_text().splitlines() if self.apt_lock_path.exists() else ():
+            if line.startswith("["):
+                inside = line.strip() == f"[{section}]"
+            elif inside and line.strip() and not line.startswith("#"):
+                lines.append(line.strip())
+        return lines
 
     def variant_name(self, flavor: str, cuda_key: str) -> str:
         """The default CUDA build gets the bare flavor name, the others a suffix (runtime-cu126)."""

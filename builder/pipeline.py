@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import aptlock, base, cache, context, facts, hygiene, lock, rewrite, tags
+from builder import aptlock, base, cache, context, facts, hygiene, lock, render, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
@@ -106,9 +107,20 @@ def check_buildable(variant: Variant) -> None:
         raise UserError("\n".join(problems))
 
 
+def check_apt_served(variant: Variant) -> None:
+    """A flavor's apt step downloads its pinned .debs during the build: stop before building,
+    naming the package, when the archive no longer serves one."""
+    if "bootstrap" not in variant.manifest.os or variant.flavor == "runtime":
+        return
+    pins = render.apt_pins(variant)
+    archive = aptlock.mirror(variant.manifest)
+    for flavor_pins in pins.values():
+        with ThreadPoolExecutor(max_workers=8) as workers:
+            list(workers.map(lambda p: aptlock.check_served(p, archive), flavor_pins))
+
+
 def build(c: Engine, variant: Variant, *, repository: str | None = None,
-          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False,
-          update_apt_lock: bool = False) -> Built:
+          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False) -> Built:
     """Build, normalize and check one variant; nothing is tagged (see the module's docstring)."""
     check_buildable(variant)
     runtime_id = ""
@@ -116,8 +128,9 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
         # Flavors are built on runtime's stage; building it (from cache) gives verify the image
         # whose layers the flavor must share. It stays untagged: it was not verified here.
         runtime_id = build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle,
-                           nocache=nocache, quiet=quiet, update_apt_lock=update_apt_lock).image_id
+                           nocache=nocache, quiet=quiet).image_id
     ca = context.find_ca_bundle(ca_bundle)
+    check_apt_served(variant)
     started = time.monotonic()
     ensure_base(c, variant, quiet=quiet)
     if not quiet:
@@ -138,7 +151,7 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
     if wrong:
         raise BuildFailed(f"variant {variant.name}: the built image {image_id} does not match the manifest, "
                           f"so it is left untagged:\n  " + "\n  ".join(wrong))
-    aptlock.check(c, variant, image_id, update=update_apt_lock, quiet=quiet)
+    aptlock.check(c, variant, image_id)
     repo = repository or variant.manifest.name
     refs = [f"{repo}:{t}" for t in tags.tags_for(observed, variant.flavor, variant.manifest.source_date_epoch)]
     if not quiet:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from builder import aptlock
 from builder.errors import UserError
 from builder.manifest import ROOT, Manifest, Variant
 from builder.tags import expected_versions, full_tag
@@ -67,6 +68,16 @@ def stages(variant: Variant) -> list[dict]:
             for parent, flavor in zip(lineage, lineage[1:])]
 
 
+def apt_pins(variant: Variant) -> dict[str, list[aptlock.Pin]]:
+    """The pins of each flavor in the image that installs Ubuntu packages (a bootstrapped base only:
+    a registry base's packages are the registry's, so its flavors install by name)."""
+    flavors = aptlock.apt_flavors(variant)
+    if not flavors or "bootstrap" not in variant.manifest.os:
+        return {}
+    lock = aptlock.read(aptlock.lock_path(variant.manifest))
+    return {flavor: aptlock.pins(lock, flavor) for flavor in flavors}
+
+
 def render_variant(variant: Variant) -> dict[str, str]:
     """File name → content for images/<variant>/."""
     m = variant.manifest
@@ -86,6 +97,9 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "image_refs": {f: f"{m.name}:{full_tag(expected_versions(variant), f)}" for f in flavors},
         "stages": stages(variant),
         "layers": variant.python_layers()[1:],
+        # every .deb a flavor's apt step installs: name, version, sha256, pool path (the apt lock)
+        "apt_pins": apt_pins(variant),
+        "archive": aptlock.mirror(m) if "bootstrap" in m.os else "",
         "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
         "epoch": m.source_date_epoch,
         # what an apt step leaves that varies per build: the one list the normalizer and hygiene use

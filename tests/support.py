@@ -40,3 +40,8 @@ def tar_of(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def dockerfile_context(dockerfile: str) -> io.BytesIO:
+    """A build context holding only a Dockerfile."""
+    return io.BytesIO(tar_of({"Dockerfile": dockerfile.encode()}))

@@ -98,13 +98,19 @@ class JupyterTests(ServiceTests):
 
 
 class SSHTests(ServiceTests):
-    def test_its_ubuntu_packages_are_the_recorded_ones(self, flavor_image, docker_client, the_manifest):
-        """openssh-server at the manifest's version, and all the stage added, as the apt lock says."""
-        recorded = aptlock.read(aptlock.lock_path(the_manifest))
-        stage, added = aptlock.stage_of(flavor_image.variant, aptlock.installed(docker_client, flavor_image.image_id),
-                                        recorded)
-        assert (stage, added) == (self.flavor, recorded[self.flavor])
-        assert added["openssh-server"] == "1:9.6p1-3ubuntu13"
+    def test_its_ubuntu_packages_are_the_locked_ones(self, flavor_image, docker_client, the_manifest):
+        """The base's packages and what the ssh step added, exactly as the apt lock pins them."""
+        lock = aptlock.read(aptlock.lock_path(the_manifest))
+        installed = aptlock.installed(docker_client, flavor_image.image_id)
+        assert installed == aptlock.expected(lock, flavor_image.variant)
+        assert installed["openssh-server"] == lock.versions("ssh")["openssh-server"]
+
+    def test_its_sshd_carries_the_fix_for_cve_2024_6387(self, flavor_image, containers):
+        """regreSSHion is fixed in 1:9.6p1-3ubuntu13.3; dpkg inside the image compares the versions."""
+        result = containers.run(flavor_image.image_id, [
+            "sh", "-c", "v=$(dpkg-query -W -f '${Version}' openssh-server) && echo \"$v\" && "
+                        "dpkg --compare-versions \"$v\" ge 1:9.6p1-3ubuntu13.3"])
+        assert result.exit_code == 0, f"openssh-server {result.output.strip()} is older than 1:9.6p1-3ubuntu13.3"
 
     def test_key_login_runs_torch(self, checks):
         passed(checks, "ssh-login")
@@ -150,6 +156,7 @@ class TestWorkstation(DevelTests, JupyterTests, SSHTests):
         print(proc.stdout, proc.stderr)
         assert proc.returncode == 0
         for check_id, _ in verify.CHECKS:
-            assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())
+            states = ("PASS", "WARN") if check_id == "security-pocket" else ("PASS",)  # WARN: a stale apt lock
+            assert any(line.startswith(states) and f" {check_id} " in line for line in proc.stdout.splitlines())
         for check_id in ("jupyter-kernel", "ssh-login", "devel-cuda-toolchain", "services-not-root", "declared-ports-only"):
             assert any(line.startswith("PASS") and f" {check_id} " in line for line in proc.stdout.splitlines())

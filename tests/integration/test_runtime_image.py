@@ -53,11 +53,15 @@ def verify_output(runtime_image) -> subprocess.CompletedProcess:
 
 
 def test_verify_passes_every_check(verify_output):
+    """Every check passes; security-pocket may warn instead (the apt lock grew older than
+    verify.POCKET_MAX_AGE_DAYS), which does not fail verify."""
     assert verify_output.returncode == 0
     lines = verify_output.stdout.splitlines()
     for check_id, _ in verify.CHECKS:
-        assert any(line.startswith("PASS") and f" {check_id} " in line for line in lines), check_id
-    assert f"{len(verify.CHECKS)} passed, 0 failed" in verify_output.stdout
+        states = ("PASS", "WARN") if check_id == "security-pocket" else ("PASS",)
+        assert any(line.startswith(states) and f" {check_id} " in line for line in lines), check_id
+    warned = sum(line.startswith("WARN") for line in lines)
+    assert f"{len(verify.CHECKS) - warned} passed, {warned} warned, 0 failed" in verify_output.stdout
 
 
 def test_the_build_ca_reached_no_layer_and_no_history(verify_output, runtime_image, docker_client):
@@ -99,11 +103,19 @@ def test_the_base_layer_was_imported_normalized(runtime_image, docker_client, th
     assert docker_client.diff_ids(runtime_image.image_id)[:1] == base_layers
 
 
-def test_its_ubuntu_packages_are_the_recorded_ones(runtime_image, docker_client, the_manifest):
-    """The base's packages, read back with dpkg, are the committed [os] record (the build checked it)."""
-    recorded = aptlock.read(aptlock.lock_path(the_manifest))["os"]
-    assert aptlock.installed(docker_client, runtime_image.image_id) == recorded
-    assert {"python3.12", "tini", "apt", "ca-certificates"} <= recorded.keys()
+def test_its_ubuntu_packages_are_the_locked_ones(runtime_image, docker_client, the_manifest):
+    """The base's packages, read back with dpkg, are the committed [os] pins (the build checked it)."""
+    locked = aptlock.read(aptlock.lock_path(the_manifest)).versions("os")
+    assert aptlock.installed(docker_client, runtime_image.image_id) == locked
+    assert {"python3.12", "tini", "apt", "ca-certificates"} <= locked.keys()
+
+
+def test_apt_in_the_image_reads_the_release_and_both_update_pockets(runtime_image, containers):
+    """A user's `apt-get install` gets security fixes; no trace of the build's local repository."""
+    result = containers.run(runtime_image.image_id, ["sh", "-c", "cat /etc/apt/sources.list.d/*; "
+                                                     "ls /etc/apt/sources.list /var/lib/apt/lists 2>&1"])
+    assert "Suites: noble noble-updates noble-security" in result.output
+    assert "file:" not in result.output and "trusted=yes" not in result.output
 
 
 def leaky_context(base: str, dockerfile: str, ca: bytes) -> io.BytesIO:

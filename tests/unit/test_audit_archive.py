@@ -173,4 +173,5 @@ def test_a_changelog_that_cannot_be_fetched_leaves_the_finding_without_ids(tmp_p
     found = audit.outdated({"openssh-server": "1:9.6p1-3ubuntu13"}, available)
     audit.add_cve_ids(found, available, "http://127.0.0.1:9/ubuntu")
     (finding,) = found
-    assert finding.ids == [] and finding.note.startswith("changelog not read: cannot fetch http://127.0.0.1:9/ubuntu/")
+    assert finding.ids == [] and finding.note.startswith(
+        "changelog not read: cannot fetch openssh-server=1:9.6p1-3ubuntu13.20 from http://127.0.0.1:9/ubuntu/")
