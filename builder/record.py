@@ -7,9 +7,11 @@ the records directory (default build/records/): a record is named after the vari
 image ID, its SBOM after the variant and the SBOM's own digest (see builder/sbom.py).
 
 The record's digest for an image label (record_digest) leaves out the image ID, the builder
-block and the push log: adding the label changes the image ID, the builder block holds the time
-and checkout of this run (a label that changed with them would break "same inputs, same image
-ID"), and pushes happen later. Everything else, inputs, layers, facts and check results, is covered.
+block, the audit and the push log: adding the label changes the image ID, the builder block holds
+the time and checkout of this run (a label that changed with them would break "same inputs, same
+image ID"), an audit's findings change as advisories are published while the image does not, and
+pushes happen later. Everything else, inputs, layers, facts and check results, is covered; of a
+check, its id and whether it passed (a WARN passes: its warning depends on when verify ran).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ LABEL_RECORD = "pytorch-cuda.record.sha256"
 LABEL_SBOM = "pytorch-cuda.sbom.sha256"
 # What record_digest leaves out (see above); also each check's free-text detail, which can name
 # per-run values (a container's fresh host key, say): the digest covers each check's id and result.
-NOT_IN_DIGEST = (("image", "id"), ("base", "image_id"), ("builder",), ("pushes",))
+NOT_IN_DIGEST = (("image", "id"), ("base", "image_id"), ("builder",), ("pushes",), ("audit",))
 
 
 @dataclass(frozen=True)
@@ -140,17 +142,21 @@ def builder_info(c: Engine | None = None) -> dict[str, Any]:
 
 
 def _check(result: Any) -> dict[str, Any]:
-    """A verify.CheckResult (or a dict with id/ok/detail) as the record stores it."""
+    """A verify.CheckResult (or a dict with id/ok/detail/warn) as the record stores it: a WARN is
+    ok (it passed) with warn true."""
     if isinstance(result, dict):
-        return {"id": str(result["id"]), "ok": bool(result["ok"]), "detail": str(result["detail"])}
-    return {"id": str(result.id), "ok": bool(result.ok), "detail": str(result.detail)}
+        return {"id": str(result["id"]), "ok": bool(result["ok"]), "detail": str(result["detail"]),
+                "warn": bool(result.get("warn", False))}
+    return {"id": str(result.id), "ok": bool(result.ok), "detail": str(result.detail),
+            "warn": bool(getattr(result, "warn", False))}
 
 
 def make_record(variant: Variant, *, image: ImageInfo, base: ImageInfo, tags: Iterable[str],
                 facts: dict[str, Any], checks: Iterable[Any], sbom: tuple[Path, str] | None = None,
-                builder: dict[str, Any] | None = None) -> dict[str, Any]:
+                builder: dict[str, Any] | None = None, audit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of one built image. checks: verify's results (empty when verify was skipped:
-    then the image is not verified). sbom: (path of the SBOM file, its sha256)."""
+    then the image is not verified). sbom: (path of the SBOM file, its sha256). audit: the
+    audit's summary (builder/audit.py summary), None when it did not run."""
     results = [_check(r) for r in checks]
     record = {
         "record_version": RECORD_VERSION,
@@ -168,6 +174,7 @@ def make_record(variant: Variant, *, image: ImageInfo, base: ImageInfo, tags: It
         "sizes": {"image_bytes": image.size, "base_bytes": base.size},
         "sbom": None if sbom is None else {"path": sbom[0].name, "sha256": sbom[1], "format": "CycloneDX 1.6 JSON"},
         "builder": builder if builder is not None else builder_info(),
+        "audit": audit,
     }
     validate(record)
     return record
@@ -188,6 +195,10 @@ def validate(record: Any, where: str = "build record") -> None:
     if not problems and record["verified"] != (bool(record["checks"]) and all(c["ok"] for c in record["checks"])):
         problems.append(f"{where}: key verified: is {record['verified']}, but the checks say "
                         f"{'all passed' if record['checks'] else 'none ran'}")
+    for name, source in ((record.get("audit") or {}).get("sources") or {}).items() if not problems else ():
+        if source["count"] != len(source["findings"]):
+            problems.append(f"{where}: key audit.sources.{name}.count: is {source['count']}, "
+                            f"but {len(source['findings'])} findings are listed")
     if problems:
         raise UserError("\n".join(problems) + "\n(manifests/record.schema.json describes every key; "
                         "`python build.py build` writes a new record)")
@@ -259,7 +270,7 @@ def push_refusal(record: dict[str, Any] | None) -> str | None:
 
 
 def record_digest(record: dict[str, Any]) -> str:
-    """sha256 of the record's canonical JSON without the image ID, builder block and pushes (see module doc)."""
+    """sha256 of the record's canonical JSON without the image ID, builder block, audit and pushes (see module doc)."""
     trimmed = json.loads(json.dumps(record))
     for path in NOT_IN_DIGEST:
         node = trimmed

@@ -1,26 +1,116 @@
 """Record and push: turn a built, verified image into something a team can pull and trust.
 
-record(): SBOM + build record written side by side, and attached to the image as labels that
-carry their digests (the labelled image shares every layer with the verified one; only the
-config gains two labels). push(): only an image whose record shows every check passed, then
-pull it back by digest and check the ID.
+record_build(): SBOM + build record written side by side, and attached to the image as labels
+that carry their digests (the labelled image shares every layer with the verified one; only the
+config gains two labels); with a security audit once verify passed, summarized in the record
+(outside its label digest) and added to the SBOM's next version in its own file. push(): only an
+image whose record shows every check passed, then pull it back by digest and check the ID.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import lzma
+import subprocess
+import sys
+import tarfile
+from datetime import datetime, timezone
 from pathlib import Path
 
+import docker.errors
+from debian.arfile import ArError
 
-from builder import engine, record, registry, sbom
+from builder import audit, engine, record, registry, sbom
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
+from builder.manifest import Manifest
 from builder.pipeline import Built
 from builder.rewrite import relabel_in_engine
 from builder.tags import full_tag, observed_versions
 
+AUDIT_SOURCES = ("ubuntu", "python")
+# What the audit's network, tools, parsing and engine calls can raise. Any of them makes that
+# source "not checked", never a failed build. Not an interrupt or termination: those still stop
+# the build and leave no tag.
+AUDIT_ERRORS = (audit.Unavailable, UserError, BuildFailed, OSError, ValueError, LookupError, TypeError,
+                AttributeError, RuntimeError, EOFError, lzma.LZMAError, tarfile.TarError, subprocess.SubprocessError,
+                ArError, docker.errors.DockerException)
+
+
+def run_audit(c: Engine, image: str, manifest: Manifest, sources: tuple[str, ...] = AUDIT_SOURCES,
+              mirror: str | None = None) -> list[audit.Result]:
+    """audit.audit, one source at a time; a source that breaks is "not checked" with the reason, so
+    the audit informs a build and never fails it."""
+    results = []
+    for source in sources:
+        try:
+            results += audit.audit(c, image, manifest, (source,), mirror=mirror)
+        except AUDIT_ERRORS as exc:
+            results.append(audit.Result(source, False, f"the audit stopped: {type(exc).__name__}: {exc}"))
+    return results
+
+
+def audit_mirror(manifest: Manifest, mirror: str | None = None) -> str:
+    """The Ubuntu archive the audit reads the pockets from (as audit.audit_ubuntu picks it)."""
+    return (mirror or (manifest.os.get("bootstrap") or {}).get("mirror") or "").rstrip("/")
+
+
+def write_audited_sbom(build_sbom: Path, results: list[audit.Result], path: Path, *, mirror: str,
+                       at: datetime | None = None) -> dict[str, object]:
+    """Write the build-time SBOM's next version with the findings (audited at ``at``, default now)
+    to ``path``; the record's audit.sbom entry (path relative to the records directory, sha256,
+    BOM version)."""
+    path = Path(path)
+    text = sbom.audited(Path(build_sbom).read_text(), results, mirror=mirror, at=at or datetime.now(timezone.utc))
+    digest = sbom.write(text, path)
+    version = json.loads(text)["version"]
+    return {"path": path.name, "sha256": digest, "format": "CycloneDX 1.6 JSON", "version": version}
+
+
+def audit_block(results: list[audit.Result], at: datetime, build_sbom: Path, variant: str, image_id: str,
+                records_dir: Path, mirror: str, quiet: bool = False) -> dict[str, object]:
+    """The record's `audit` value: the summary, and the audited SBOM next to the record (null when
+    it cannot be written; that does not fail the build either)."""
+    block = audit.summary(results, at)
+    path = Path(records_dir) / sbom.audited_file_name(variant, record.short_id(image_id))
+    try:
+        block["sbom"] = write_audited_sbom(build_sbom, results, path, mirror=mirror, at=at)
+    except (BuildFailed, OSError, ValueError) as exc:
+        print(f"the audited SBOM was not written: {exc}", file=sys.stderr)
+    if not quiet:
+        states = [f"{r.source} {len(r.findings)} finding(s)" if r.checked else f"{r.source} not checked ({r.why})"
+                  for r in results]
+        print("audit: " + "; ".join(states) + (f"; wrote {path}" if block["sbom"] else ""))
+    return block
+
+
+def build_sbom_of(c: Engine, image: str, records_dir: Path) -> Path:
+    """The build-time SBOM of an image built earlier, from its record, else from its SBOM label;
+    checked against the digest they give (so a findings file is never added to another image's SBOM)."""
+    image_id = c.image_id(image)
+    rec = record.find_record(records_dir, image_id)
+    labels = c.run_config(image).get("Labels") or {}
+    if rec is not None and rec.get("sbom"):
+        path, digest = Path(records_dir) / rec["sbom"]["path"], rec["sbom"]["sha256"]
+    elif labels.get(record.LABEL_SBOM) and labels.get("pytorch-cuda.variant"):
+        digest = labels[record.LABEL_SBOM]
+        path = Path(records_dir) / f"{labels['pytorch-cuda.variant']}-{digest[:12]}.cdx.json"
+    else:
+        raise UserError(f"{image} has no build record or SBOM label to find its SBOM by under {records_dir}: "
+                        f"give --records DIR where it was built, or build it with `python build.py build`")
+    if not path.is_file():
+        raise UserError(f"the SBOM of {image} is not at {path}: give --records DIR where it was built")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        raise UserError(f"{path} is not the SBOM of {image} (its sha256 differs from what the image's record "
+                        f"or label names)")
+    return path
+
 
 def record_build(c: Engine, built: Built, checks: list, records_dir: Path = record.RECORDS,
-                 quiet: bool = False) -> tuple[str, Path]:
+                 quiet: bool = False, audit_sources: tuple[str, ...] = ()) -> tuple[str, Path]:
     """Write the SBOM and record and label the image with their digests; (labelled image ID, record path).
+    With audit_sources, once every check passed, audit the image and put what it found into the
+    record and the SBOM's next version (see the module doc); the audit never fails the build.
 
     Nothing is tagged here: the caller tags the labelled image last, once it knows the checks passed.
     """
@@ -29,6 +119,9 @@ def record_build(c: Engine, built: Built, checks: list, records_dir: Path = reco
     sbom_file = sbom.sbom_for_image(c, built.image_id, variant=variant.name, name=manifest.name, tag=tag,
                                     source_date_epoch=manifest.source_date_epoch, locks=record.lock_files(variant),
                                     records_dir=records_dir)
+    audited, audited_at = None, datetime.now(timezone.utc)
+    if audit_sources and checks and all(r.ok for r in checks):
+        audited = run_audit(c, built.image_id, manifest, audit_sources)
     rec = record.make_record(variant, image=record.inspect_image(c, built.image_id),
                              base=record.inspect_image(c, manifest.base_ref), tags=built.refs, facts=built.facts,
                              checks=checks, sbom=sbom_file, builder=record.builder_info(c))
@@ -38,6 +131,9 @@ def record_build(c: Engine, built: Built, checks: list, records_dir: Path = reco
         rec["image"]["id"], rec["sizes"]["image_bytes"] = with_labels.id, with_labels.size
         # the unlabelled image stays: it costs a config file, and an unchanged rebuild finds it
         # instead of normalizing 7 GB again
+    if audited is not None:  # outside the label digest, so it is added after labelling
+        rec["audit"] = audit_block(audited, audited_at, sbom_file[0], variant.name, rec["image"]["id"], records_dir,
+                                   audit_mirror(manifest), quiet=quiet)
     path = record.write_record(rec, records_dir)
     if not quiet:
         print(f"recorded {path} and {sbom_file[0]}; {labelled} carries their digests")

@@ -10,6 +10,10 @@ Same image, same bytes: components are sorted, every bom-ref is a purl, the time
 SOURCE_DATE_EPOCH, and the serial number is a uuid5 of the image's layer diff IDs. It is derived
 from the layers rather than the image ID so that adding the SBOM's digest as a label (which
 changes the config, and so the ID) leaves the SBOM valid for the labelled image.
+
+What an audit finds changes over time while the image does not, so findings never go into that
+file: audited() writes the next version of the same BOM (same serialNumber, version + 1) with a
+`vulnerabilities` section, as its own file next to the record.
 """
 from __future__ import annotations
 
@@ -22,14 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from cyclonedx.model import HashAlgorithm, HashType, Property
+from cyclonedx.model import HashAlgorithm, HashType, Property, XsUri
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.impact_analysis import ImpactAnalysisAffectedStatus, ImpactAnalysisResponse
+from cyclonedx.model.vulnerability import (BomTarget, BomTargetVersionRange, Vulnerability, VulnerabilityAnalysis,
+                                           VulnerabilityReference, VulnerabilitySource)
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
+from builder.audit import CVE, Finding, Result
 from builder.engine import Engine
 from builder.errors import BuildFailed
 
@@ -38,6 +46,8 @@ SCHEMA_VERSION = SchemaVersion.V1_6
 SERIAL_NAMESPACE = uuid.UUID("5f0c7b8e-3c1d-5a4e-9f7b-2a6d1e0c4b93")  # this project's uuid5 namespace
 HASH_LINE = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 PROP = "pytorch-cuda"  # prefix of this project's CycloneDX property names
+AUDITED_SUFFIX = ".audit.cdx.json"
+ADVISORIES = "https://osv.dev/vulnerability/"  # where a Python advisory id (PYSEC, GHSA) or its CVE alias is published
 
 
 @dataclass(frozen=True, order=True)
@@ -201,3 +211,97 @@ def sbom_for_image(c: Engine, image: str, *, variant: str, name: str, tag: str,
     text = to_json(bom)
     path = Path(records_dir) / file_name(variant, text)
     return path, write(text, path)
+
+
+# --- the audited version ------------------------------------------------------------------------
+
+def audited_file_name(variant: str, short_id: str) -> str:
+    """`<variant>-<short image id>.audit.cdx.json`, next to the record of the same name."""
+    return f"{variant}-{short_id}{AUDITED_SUFFIX}"
+
+
+def component_key(kind: str, name: str, version: str) -> tuple[str, str, str]:
+    return kind, normalize_name(name) if kind == "pypi" else name, version
+
+
+def component_refs(bom: Bom) -> dict[tuple[str, str, str], str]:
+    """(purl type, name, version) → bom-ref of every package component."""
+    return {component_key(c.purl.type, c.purl.name, c.purl.version or ""): str(c.bom_ref.value)
+            for c in bom.components if c.purl is not None}
+
+
+def vulnerability_ids(f: Finding) -> list[str]:
+    """The ids a finding is listed under: each CVE id of an Ubuntu finding (or, with none, the
+    package and the version that fixes it); a Python advisory's CVE alias, else its own id."""
+    if f.source == "ubuntu":
+        return list(f.ids) or [f"{f.package}={f.fixed}"]
+    return [next((i for i in f.ids if CVE.fullmatch(i)), f.where)]
+
+
+def vulnerability_source(f: Finding, mirror: str) -> VulnerabilitySource:
+    if f.source == "ubuntu":
+        return VulnerabilitySource(name=f"Ubuntu {f.where}", url=XsUri(f"{mirror.rstrip('/')}/dists/{f.where}/"))
+    return VulnerabilitySource(name=f"Python advisory {f.where}", url=XsUri(f"{ADVISORIES}{f.where}"))
+
+
+def fixed_in(f: Finding) -> str:
+    if not f.fixed:
+        return f"{f.package} {f.installed}: no fixed version published yet"
+    return f"{f.package} {f.installed} -> {f.fixed}" + (f" ({f.where})" if f.source == "ubuntu" else "")
+
+
+def vulnerabilities(findings: Iterable[Finding], refs: dict[tuple[str, str, str], str],
+                    mirror: str) -> list[Vulnerability]:
+    """One CycloneDX vulnerability per id and source, affecting each component it was found in,
+    with the installed version affected and the fixed one not."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        for vid in vulnerability_ids(f):
+            groups.setdefault((vid, f.where), []).append(f)
+    result = []
+    for (vid, where), group in sorted(groups.items()):
+        affects = []
+        for f in group:
+            ref = refs.get(component_key("deb" if f.source == "ubuntu" else "pypi", f.package, f.installed))
+            if ref is None:
+                continue  # not in the SBOM (not expected: both read the same image)
+            versions = [BomTargetVersionRange(version=f.installed, status=ImpactAnalysisAffectedStatus.AFFECTED)]
+            versions += [BomTargetVersionRange(version=v.strip(), status=ImpactAnalysisAffectedStatus.UNAFFECTED)
+                         for v in f.fixed.split(",") if v.strip()]
+            affects.append(BomTarget(ref=ref, versions=versions))
+        others = sorted({i for f in group for i in [f.where, *f.ids] if i != vid and f.source == "python"})
+        notes = sorted({f.note for f in group if f.note})
+        fixable = [f for f in group if f.fixed]
+        result.append(Vulnerability(
+            bom_ref=f"vulnerability:{where}:{vid}", id=vid, source=vulnerability_source(group[0], mirror),
+            references=[VulnerabilityReference(id=i, source=VulnerabilitySource(name="OSV",
+                                                                                url=XsUri(f"{ADVISORIES}{i}")))
+                        for i in others],
+            detail="; ".join(notes) or None,
+            recommendation=("upgrade: " + "; ".join(fixed_in(f) for f in fixable)) if fixable else None,
+            analysis=VulnerabilityAnalysis(
+                responses=[ImpactAnalysisResponse.UPDATE if fixable else ImpactAnalysisResponse.CAN_NOT_FIX],
+                detail="; ".join(fixed_in(f) for f in group)),
+            affects=affects))
+    return result
+
+
+def audited(text: str, results: Iterable[Result], *, mirror: str, at: datetime.datetime) -> str:
+    """The next version of an SBOM (text: its JSON) with an audit's findings: same serialNumber,
+    version + 1, timestamp `at`, a `vulnerabilities` section, and per source whether it was
+    checked (a source not checked says so: no vulnerabilities from it does not mean none).
+    mirror: the Ubuntu archive the pockets were read from. Validated like the build-time SBOM."""
+    validate(text)  # only a valid document is read back
+    try:
+        bom = Bom.from_json(json.loads(text))  # type: ignore[attr-defined]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BuildFailed(f"the SBOM to add the audit to cannot be read: {exc}") from None
+    results = list(results)
+    bom.version = bom.version + 1
+    bom.metadata.timestamp = at
+    for r in results:
+        state = f"{len(r.findings)} finding(s)" if r.checked else "not checked"
+        bom.metadata.properties.add(Property(name=f"{PROP}:audit:{r.source}", value=f"{state}: {r.why}"))
+    for v in vulnerabilities([f for r in results for f in r.findings], component_refs(bom), mirror):
+        bom.vulnerabilities.add(v)
+    return to_json(bom)

@@ -1,23 +1,32 @@
-"""`verify`: run a built image and check it against the manifest, one pass/fail line per check.
+"""`verify`: run a built image and check it against the manifest, one PASS/WARN/FAIL line per check.
 
 Each check is a small function of what the image reported (builder/inside/facts.py), its
-config, and the layer scan; the list CHECKS is the whole policy, in one place.
+config, its dpkg packages and the layer scan; the list CHECKS is the whole policy, in one place.
+A check returns (True, detail) to pass, (False, detail) to fail, or (WARN, detail): it passes,
+so it neither fails verify nor keeps an image from being tagged or pushed, but the image needs
+attention that only time made necessary (a lock gone stale), so it is printed and recorded as such.
 """
 from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from packaging.version import Version
 
-from builder import engine
+from builder import aptlock, engine
 from builder import facts, hygiene, services, tags
 from builder.engine import Engine
-from builder.manifest import Manifest, Variant
+from builder.errors import BuildFailed
+from builder.manifest import ROOT, Manifest, Variant
 from builder.render import common_labels
+
+
+WARN = None  # a check's verdict when it passes with a warning (see the module doc)
+POCKET_MAX_AGE_DAYS = 14  # an apt lock older than this has likely missed fixes in the security pocket
 
 
 @dataclass
@@ -25,6 +34,11 @@ class CheckResult:
     id: str
     ok: bool
     detail: str
+    warn: bool = False  # passed (ok is True), with a warning: printed WARN, never fails verify
+
+    @property
+    def state(self) -> str:
+        return "FAIL" if not self.ok else "WARN" if self.warn else "PASS"
 
 
 @dataclass
@@ -38,6 +52,11 @@ class Evidence:
     layers: list[str] = field(default_factory=list)  # the image's diff IDs
     runtime_layers: list[str] | None = None  # diff IDs of runtime on the same CUDA build, if built here
     live: list[CheckResult] = field(default_factory=list)  # checks run against live containers
+    apt_installed: dict[str, str] | None = None  # dpkg's packages in the image, name → version
+    apt_error: str = ""  # why apt_installed could not be read
+    apt_lock: aptlock.Lock | None = None  # manifests/locks/apt-*.txt
+    # the clock the apt lock's age is read against (a test sets it)
+    checked_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def _same(what: str, expected: str, found: Any) -> tuple[bool, str]:
@@ -130,7 +149,39 @@ def check_hygiene(e: Evidence) -> tuple[bool, str]:
     return not e.findings, "; ".join(shown) or "no build CA, caches, apt lists, keys or build-stage __pycache__ in any layer or history entry"
 
 
-CHECKS: list[tuple[str, Callable[[Evidence], tuple[bool, str]]]] = [
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check_security_pocket(e: Evidence) -> tuple[bool | None, str]:
+    """The image's Ubuntu packages are exactly the apt lock's, so nothing is behind the pockets as
+    `lock --apt` saw them. The pockets keep moving after that: a lock older than
+    POCKET_MAX_AGE_DAYS, or one without its resolved date, is a warning, not a failure."""
+    if e.apt_installed is None or e.apt_lock is None:
+        return False, f"could not check: {e.apt_error or 'the Ubuntu packages or the apt lock were not read'}"
+    lock, refresh = e.apt_lock, "run `python build.py lock --apt`, then rebuild"
+    if not lock.sections:
+        return False, f"{_shown(lock.path)} pins no Ubuntu packages: {refresh}"
+    moved = aptlock.changes(aptlock.expected(lock, e.variant), e.apt_installed)
+    if moved:
+        more = f"; ... and {len(moved) - 5} more" if len(moved) > 5 else ""
+        return False, (f"the image's Ubuntu packages differ from {_shown(lock.path)} (lock -> image): "
+                       + "; ".join(moved[:5]) + more + f"; {refresh}")
+    count = len(e.apt_installed)
+    if lock.resolved is None:
+        return WARN, (f"{count} Ubuntu packages as {_shown(lock.path)} pins them, but it records no resolved date, "
+                      f"so how far they are behind the security pocket is unknown: {refresh}")
+    age = lock.age_days(e.checked_at) or 0.0
+    days = max(0, int(age))
+    pinned = (f"{count} Ubuntu packages as `lock --apt` pinned them on {lock.resolved:%Y-%m-%d} "
+              f"({days} day{'' if days == 1 else 's'} ago)")
+    if age > POCKET_MAX_AGE_DAYS:
+        return WARN, (f"{pinned}: older than {POCKET_MAX_AGE_DAYS} days, so the security pocket may have "
+                      f"fixes the image lacks: {refresh}")
+    return True, pinned
+
+
+CHECKS: list[tuple[str, Callable[[Evidence], tuple[bool | None, str]]]] = [
     ("python-version", check_python),
     ("torch-version", check_torch),
     ("cuda-version", check_cuda),
@@ -146,6 +197,7 @@ CHECKS: list[tuple[str, Callable[[Evidence], tuple[bool, str]]]] = [
     ("labels", check_labels),
     ("shared-layers", check_shared_layers),
     ("hygiene", check_hygiene),
+    ("security-pocket", check_security_pocket),
 ]
 
 
@@ -153,10 +205,10 @@ def run_checks(e: Evidence) -> list[CheckResult]:
     results = []
     for check_id, check in CHECKS:
         try:
-            ok, detail = check(e)
+            verdict, detail = check(e)
         except (KeyError, TypeError, ValueError) as exc:  # missing or malformed facts
-            ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
-        results.append(CheckResult(check_id, ok, detail))
+            verdict, detail = False, f"could not check: {type(exc).__name__}: {exc}"
+        results.append(CheckResult(check_id, verdict is WARN or bool(verdict), detail, warn=verdict is WARN))
     return results + e.live
 
 
@@ -173,23 +225,37 @@ def diff_ids(c: Engine, image: str) -> list[str] | None:
         return None
 
 
+def apt_packages(c: Engine, image: str) -> tuple[dict[str, str] | None, str]:
+    """dpkg's packages in the image, or None and why they could not be read."""
+    try:
+        return aptlock.installed(c, image), ""
+    except BuildFailed as exc:
+        return None, str(exc)
+
+
 def gather(c: Engine, image: str, variant: Variant, ca_bundle: Path | None,
            runtime_ref: str | None = None) -> Evidence:
     """Run the image and scan its layers at the same time: one waits on the CPU, the other on disk."""
     config = c.run_config(image)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    apt_lock = aptlock.read(aptlock.lock_path(variant.manifest))
+    with ThreadPoolExecutor(max_workers=3) as pool:
         scan = pool.submit(hygiene.scan_image, c, image, ca_bundle)
+        dpkg = pool.submit(apt_packages, c, image)
         found = facts.collect(c, image, full=True)
         live = [CheckResult(*r) for r in services.flavor_checks(c, image, variant)]
+        apt_installed, apt_error = dpkg.result()
         return Evidence(variant=variant, facts=found, config=config, findings=scan.result(),
                         layers=diff_ids(c, image) or [], live=live,
-                        runtime_layers=diff_ids(c, runtime_ref) if runtime_ref else None)
+                        runtime_layers=diff_ids(c, runtime_ref) if runtime_ref else None,
+                        apt_installed=apt_installed, apt_error=apt_error, apt_lock=apt_lock)
 
 
 def report(results: list[CheckResult], out: TextIO = sys.stdout) -> bool:
+    """One PASS/WARN/FAIL line per check and a summary; True when nothing failed (a WARN does not fail)."""
     width = max(len(r.id) for r in results)
     for r in results:
-        out.write(f"{'PASS' if r.ok else 'FAIL'}  {r.id:<{width}}  {r.detail}\n")
-    passed = sum(r.ok for r in results)
-    out.write(f"{passed} passed, {len(results) - passed} failed\n")
-    return passed == len(results)
+        out.write(f"{r.state}  {r.id:<{width}}  {r.detail}\n")
+    failed = sum(not r.ok for r in results)
+    warned = sum(r.ok and r.warn for r in results)
+    out.write(f"{len(results) - failed - warned} passed, {warned} warned, {failed} failed\n")
+    return failed == 0

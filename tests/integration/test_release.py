@@ -51,6 +51,22 @@ def test_sbom_lists_torch_and_cudnn_with_lock_hashes_and_os_packages(released):
     assert any(c.get("purl", "").startswith("pkg:deb/ubuntu/python3.12@") for c in components.values())
 
 
+def test_the_record_carries_the_audit_and_the_audited_sbom(released, docker_client):
+    """The audit ran after verify: each source checked or saying why not, outside the label digest;
+    where the SBOM's next version was written, it is the same BOM with the findings."""
+    records, rec = released
+    assert set(rec["audit"]["sources"]) == {"ubuntu", "python"}
+    for source in rec["audit"]["sources"].values():
+        assert source["why"] and source["count"] == len(source["findings"])
+    labels = docker_client.run_config(rec["image"]["id"])["Labels"]
+    assert labels[record.LABEL_RECORD] == record.record_digest({**rec, "audit": None})
+    if rec["audit"]["sbom"]:
+        text = (records / rec["audit"]["sbom"]["path"]).read_text()
+        sbom.validate(text)
+        audited, built = json.loads(text), json.loads((records / rec["sbom"]["path"]).read_text())
+        assert audited["serialNumber"] == built["serialNumber"] and audited["version"] == built["version"] + 1
+
+
 def test_an_image_without_a_passing_record_is_refused(runtime_image, docker_client, tmp_path, reg):  # noqa: F811
     with pytest.raises(UserError, match="no build record"):
         release.push(docker_client, runtime_image.refs[0], f"{HOST}/team", records_dir=tmp_path)

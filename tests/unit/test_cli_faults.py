@@ -91,6 +91,7 @@ class Recorder:
     def __init__(self, verify_ok: bool):
         self.calls: list[str] = []
         self.verify_ok = verify_ok
+        self.audit_sources = None
 
     def build(self, c, variant, **options):
         self.calls.append("build")
@@ -106,8 +107,9 @@ class Recorder:
         self.calls.append(f"verify {image} against {runtime_image}")
         return [types.SimpleNamespace(ok=self.verify_ok)]
 
-    def record(self, c, built, results, records, quiet=False):
+    def record(self, c, built, results, records, quiet=False, audit_sources=()):
         self.calls.append("record")
+        self.audit_sources = audit_sources
         return "sha256:labelled", None
 
     def tag(self, image, refs):
@@ -137,6 +139,18 @@ def test_a_failed_verify_leaves_nothing_tagged(monkeypatch):
     recorder = Recorder(verify_ok=False)
     assert run_build(monkeypatch, recorder) == 1
     assert not any(call.startswith("tag") for call in recorder.calls)
+
+
+@pytest.mark.parametrize("extra, sources", [
+    ((), ("ubuntu", "python")),
+    (("--skip-audit",), ()),
+    (("--skip-verify",), ()),
+])
+def test_the_record_is_audited_unless_audit_or_verify_is_skipped(monkeypatch, extra, sources):
+    recorder = Recorder(verify_ok=True)
+    assert run_build(monkeypatch, recorder, *extra) == 0
+    assert recorder.audit_sources == sources
+    assert recorder.calls[-1] == "tag sha256:labelled r:1 r:2"
 
 
 def test_check_reproducible_tags_the_verified_recorded_image(monkeypatch):

@@ -194,3 +194,63 @@ def test_the_builder_block_names_the_engine_outside_the_label_digest(runtime):
     assert block["engine"] == "Docker 28.5.2 (overlayfs, containerd image store, layers read from the archive)"
     on_28 = make(runtime, builder=block)
     assert record.record_digest(on_28) == record.record_digest(make(runtime))
+
+
+def test_a_warning_passes_is_recorded_as_such_and_leaves_the_label_digest_alone(runtime):
+    """A WARN (an apt lock gone stale) is ok: verified, pushable; whether it warned depends on when
+    verify ran, so the label digest covers only that it passed."""
+    warned = make(runtime, checks=[CheckResult("torch-version", True, "ok"),
+                                   CheckResult("security-pocket", True, "lock 20 days old", warn=True)])
+    assert warned["checks"][1] == {"id": "security-pocket", "ok": True, "detail": "lock 20 days old", "warn": True}
+    assert warned["checks"][0]["warn"] is False
+    assert warned["verified"] is True and record.push_refusal(warned) is None
+    passed = make(runtime, checks=[CheckResult("torch-version", True, "ok"),
+                                   CheckResult("security-pocket", True, "lock 0 days old")])
+    assert record.record_digest(warned) == record.record_digest(passed)
+    older = copy.deepcopy(passed)
+    for check in older["checks"]:
+        del check["warn"]  # a record from before warnings still validates
+    record.validate(older)
+    assert record.record_digest(older) == record.record_digest(passed)
+
+
+def audit_summary(count: int = 1) -> dict:
+    finding = {"package": "libc6", "installed": "2.39-0ubuntu8", "fixed": "2.39-0ubuntu8.12", "where": "noble-security",
+               "ids": ["CVE-2024-2961"]}
+    return {"at": "2026-12-05T09:00:00Z",
+            "sources": {"ubuntu": {"checked": True, "why": "dpkg's packages against noble-updates, noble-security",
+                                   "count": count, "findings": [finding]},
+                        "python": {"checked": False, "why": "pip-audit is not installed", "count": 0, "findings": []}},
+            "sbom": {"path": "runtime-1a2b3c4d5e6f.audit.cdx.json", "sha256": "e" * 64,
+                     "format": "CycloneDX 1.6 JSON", "version": 2}}
+
+
+def test_the_audit_is_recorded_outside_the_label_digest(runtime):
+    """Advisories are published after the build: the same image audited later must keep its label."""
+    audited = make(runtime, audit=audit_summary())
+    assert audited["audit"]["sources"]["ubuntu"]["findings"][0]["ids"] == ["CVE-2024-2961"]
+    skipped = make(runtime)
+    assert skipped["audit"] is None
+    assert record.record_digest(audited) == record.record_digest(skipped)
+    later = copy.deepcopy(audited)
+    later["audit"]["sources"]["ubuntu"]["findings"] = []
+    later["audit"]["sources"]["ubuntu"]["count"] = 0
+    assert record.record_digest(later) == record.record_digest(audited)
+    older = copy.deepcopy(skipped)
+    del older["audit"]  # a record from before audits still validates
+    record.validate(older)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda a: a["sources"]["ubuntu"].pop("checked"), "audit.sources.ubuntu"),
+    (lambda a: a["sources"]["ubuntu"]["findings"][0].update(ids="CVE-2024-2961"), "audit.sources.ubuntu.findings.0.ids"),
+    (lambda a: a["sbom"].update(version=1), "audit.sbom.version"),
+    (lambda a: a.update(at="yesterday"), "audit.at"),
+    (lambda a: a["sources"]["ubuntu"].update(count=2), "audit.sources.ubuntu.count"),
+])
+def test_a_broken_audit_block_is_named(runtime, mutate, key):
+    block = audit_summary()
+    mutate(block)
+    with pytest.raises(UserError) as caught:
+        make(runtime, audit=block)
+    assert f"key {key}:" in str(caught.value)

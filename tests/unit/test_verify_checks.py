@@ -1,11 +1,15 @@
-"""Each verify check on reported facts: passes for a good image, fails (with the reason) for a bad one."""
+"""Each verify check on reported facts: passes for a good image, fails (with the reason) for a bad one;
+the security-pocket check warns, without failing, when the apt lock has grown old (on a fixed clock)."""
 from __future__ import annotations
 
 import copy
+import io
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from builder import manifest, render, verify
+from builder import aptlock, engine, manifest, render, verify
+from tests.support import ROOT
 
 GOOD_FACTS = {
     "python": "3.12.3", "os_id": "ubuntu", "os_version": "24.04", "uid": 1000, "user": "user", "pid1": "tini",
@@ -15,15 +19,32 @@ GOOD_FACTS = {
     "pip_check": {"exit_code": 0, "output": "No broken requirements found."},
     "compile": {"ok": True, "error": None},
 }
+RESOLVED = datetime(2026, 12, 4, 17, 4, 9, tzinfo=timezone.utc)  # when `lock --apt` read the pockets
+APT_OS = {"libc6": "2.39-0ubuntu8.6", "tini": "0.19.0-1build3", "openssl": "3.0.13-0ubuntu3.6"}
+APT_SSH = {"openssh-server": "1:9.6p1-3ubuntu13.14", "openssh-sftp-server": "1:9.6p1-3ubuntu13.14"}
+LOCK_PATH = ROOT / "manifests" / "locks" / "apt-ubuntu24.04.txt"
 
 
-def evidence(**changes) -> verify.Evidence:
-    variant = manifest.load().variant("runtime")
+def apt_lock(resolved: datetime | None = RESOLVED) -> aptlock.Lock:
+    pins = {section: {n: aptlock.Pin(n, v) for n, v in packages.items()}
+            for section, packages in (("os", APT_OS), ("ssh", APT_SSH))}
+    return aptlock.Lock(LOCK_PATH, pins, resolved)
+
+
+def evidence(variant: str = "runtime", **changes) -> verify.Evidence:
+    """A good image's evidence, checked three hours after the lock was resolved; changes go into the facts."""
+    v = manifest.load().variant(variant)
     facts = copy.deepcopy(GOOD_FACTS)
     findings = changes.pop("findings", [])
+    apt_installed = changes.pop("apt_installed", dict(APT_OS))
     facts.update(changes)
-    config = {"Labels": render.common_labels(variant)}
-    return verify.Evidence(variant=variant, facts=facts, config=config, findings=findings)
+    config = {"Labels": render.common_labels(v)}
+    return verify.Evidence(variant=v, facts=facts, config=config, findings=findings, apt_installed=apt_installed,
+                           apt_lock=apt_lock(), checked_at=RESOLVED + timedelta(hours=3))
+
+
+def result(e: verify.Evidence, check_id: str) -> verify.CheckResult:
+    return next(r for r in verify.run_checks(e) if r.id == check_id)
 
 
 def failed(e: verify.Evidence) -> dict[str, str]:
@@ -50,6 +71,7 @@ def test_a_good_image_passes_every_check():
     ({"pid1": "python"}, "tini-pid1", "PID 1 is python"),
     ({"env": {"NVIDIA_VISIBLE_DEVICES": None, "NVIDIA_DRIVER_CAPABILITIES": None}}, "nvidia-env", "None"),
     ({"findings": ["copy of the build CA bundle: /etc/pip.pem"]}, "hygiene", "/etc/pip.pem"),
+    ({"apt_installed": {**APT_OS, "libc6": "2.39-0ubuntu8"}}, "security-pocket", "libc6: 2.39-0ubuntu8.6 -> 2.39-0ubuntu8"),
 ])
 def test_each_check_fails_for_its_fault(change, check_id, words):
     problems = failed(evidence(**change))
@@ -72,10 +94,84 @@ def test_a_changed_label_fails():
 
 
 def test_report_prints_one_line_per_check_and_a_summary(capsys):
-    import io
     out = io.StringIO()
     ok = verify.report(verify.run_checks(evidence(pid1="sh")), out)
     lines = out.getvalue().splitlines()
     assert not ok
     assert len(lines) == len(verify.CHECKS) + 1
-    assert lines[-1] == f"{len(verify.CHECKS) - 1} passed, 1 failed"
+    assert lines[-1] == f"{len(verify.CHECKS) - 1} passed, 0 warned, 1 failed"
+
+
+def test_the_ubuntu_packages_as_the_lock_pinned_them_pass_with_the_date():
+    r = result(evidence(), "security-pocket")
+    assert (r.ok, r.warn, r.state) == (True, False, "PASS")
+    assert r.detail == "3 Ubuntu packages as `lock --apt` pinned them on 2026-12-04 (0 days ago)"
+
+
+def test_a_flavor_must_have_its_own_section_too():
+    assert result(evidence("ssh", apt_installed={**APT_OS, **APT_SSH}), "security-pocket").ok
+    r = result(evidence("ssh", apt_installed=dict(APT_OS)), "security-pocket")
+    assert not r.ok and "openssh-server: gone (was 1:9.6p1-3ubuntu13.14)" in r.detail
+    r = result(evidence(apt_installed={**APT_OS, **APT_SSH}), "security-pocket")  # runtime has no [ssh]
+    assert not r.ok and "openssh-server: new (1:9.6p1-3ubuntu13.14)" in r.detail
+
+
+def test_a_lock_older_than_the_threshold_warns_and_does_not_fail_verify():
+    e = evidence()
+    e.checked_at = RESOLVED + timedelta(days=verify.POCKET_MAX_AGE_DAYS, hours=1)
+    r = result(e, "security-pocket")
+    assert (r.ok, r.warn, r.state) == (True, True, "WARN")
+    assert f"({verify.POCKET_MAX_AGE_DAYS} days ago)" in r.detail
+    assert "`python build.py lock --apt`, then rebuild" in r.detail
+    out = io.StringIO()
+    assert verify.report(verify.run_checks(e), out) is True
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("WARN  security-pocket ") for line in lines)
+    assert lines[-1] == f"{len(verify.CHECKS) - 1} passed, 1 warned, 0 failed"
+
+
+def test_the_threshold_itself_still_passes():
+    e = evidence()
+    e.checked_at = RESOLVED + timedelta(days=verify.POCKET_MAX_AGE_DAYS)
+    r = result(e, "security-pocket")
+    assert r.ok and not r.warn and f"({verify.POCKET_MAX_AGE_DAYS} days ago)" in r.detail
+
+
+def test_a_lock_without_a_resolved_date_warns():
+    e = evidence()
+    e.apt_lock = apt_lock(resolved=None)
+    r = result(e, "security-pocket")
+    assert r.state == "WARN" and "no resolved date" in r.detail and "python build.py lock --apt" in r.detail
+
+
+def test_packages_that_differ_fail_even_when_the_lock_is_old():
+    e = evidence(apt_installed={**APT_OS, "tini": "0.19.0-1"})
+    e.checked_at = RESOLVED + timedelta(days=90)
+    r = result(e, "security-pocket")
+    assert r.state == "FAIL" and "tini: 0.19.0-1build3 -> 0.19.0-1" in r.detail
+    assert "manifests/locks/apt-ubuntu24.04.txt" in r.detail
+
+
+def test_many_differences_show_the_first_few():
+    e = evidence(apt_installed={**APT_OS, **{f"extra{i}": "1.0" for i in range(9)}})
+    r = result(e, "security-pocket")
+    assert not r.ok and "extra4: new (1.0)" in r.detail and "extra5" not in r.detail and "... and 4 more" in r.detail
+
+
+def test_an_empty_lock_or_unread_packages_fail():
+    e = evidence()
+    e.apt_lock = aptlock.Lock(LOCK_PATH, {})
+    assert "pins no Ubuntu packages" in result(e, "security-pocket").detail
+    e = evidence(apt_installed=None)
+    e.apt_error = "dpkg-query failed in img: no such file"
+    r = result(e, "security-pocket")
+    assert not r.ok and r.detail == "could not check: dpkg-query failed in img: no such file"
+
+
+def test_dpkg_that_fails_in_the_image_is_reported_not_raised():
+    class FakeEngine:
+        def run(self, image, command, **kwargs):
+            return engine.RunResult(exit_code=127, output="dpkg-query: not found")
+
+    installed, why = verify.apt_packages(FakeEngine(), "img")  # type: ignore[arg-type]
+    assert installed is None and "dpkg-query failed in img" in why and "not found" in why
