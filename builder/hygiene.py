@@ -33,6 +33,9 @@ FORBIDDEN = {
     "apt package lists": ["var/lib/apt/lists/*_Packages*", "var/lib/apt/lists/*_InRelease",
                           "var/lib/apt/lists/*_Release*", "var/lib/apt/lists/*Translation*"],
     "SSH host key": ["etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub"],
+    # the pinned .debs a build or `audit` downloads, and the builder's own cache, stay on the host
+    "downloaded .deb": ["*.deb"],
+    "builder cache": ["root/.cache/pytorch-cuda/*", "home/*/.cache/pytorch-cuda/*"],
     # written by every build with the time in it; the normalizer drops them
     "build-varying file": list(BUILD_VARYING),
 }

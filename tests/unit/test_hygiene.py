@@ -57,6 +57,17 @@ def test_forbidden_paths():
     assert any(f.startswith("build CA bundle file: /tmp/build") for f in findings)
 
 
+def test_downloaded_debs_and_the_builders_cache_never_ship():
+    """What the apt pins and `audit` download stays on the host: a .deb or the cache in a layer is found."""
+    layers = [layer({"tmp/openssh-server_9.6p1-3ubuntu13.20_amd64.deb": b"1",
+                     "var/cache/apt/archives/libc6_2.39-0ubuntu8.12_amd64.deb": b"2",
+                     "root/.cache/pytorch-cuda/debs/ab.deb.part": b"3",
+                     "home/user/.cache/pytorch-cuda/apt-indexes/x.xz": b"4"})]
+    findings = hygiene.judge(layers, None, [])
+    assert sum(f.startswith("downloaded .deb") for f in findings) == 2
+    assert sum(f.startswith("builder cache") for f in findings) == 2
+
+
 def test_private_keys_but_not_libraries_that_parse_them():
     key = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.b64encode(os.urandom(60)) + b"\n"
     library = b"\x7fELF" + b"\0" * 10 + key
