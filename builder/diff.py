@@ -85,14 +85,18 @@ def layer_changes(a: dict[str, Entry], b: dict[str, Entry]) -> list[tuple[int, s
     return changes
 
 
-def explain(c: Engine, image_a: str, image_b: str, out: TextIO, limit: int = 40) -> bool:
-    """Write the differences; returns True when the images are identical (same ID)."""
-    id_a, id_b = c.image_id(image_a), c.image_id(image_b)
+def explain(c: Engine, image_a: str, image_b: str, out: TextIO, limit: int = 40,
+            c_b: Engine | None = None) -> bool:
+    """Write the differences; returns True when the images are identical (same ID).
+
+    c_b: the engine that holds image_b, when it is not c (two engines built "the same" image)."""
+    c_b = c_b or c
+    id_a, id_b = c.image_id(image_a), c_b.image_id(image_b)
     out.write(f"A {image_a} = {id_a}\nB {image_b} = {id_b}\n")
     if id_a == id_b:
         out.write("identical: same image ID\n")
         return True
-    with c.layers(id_a) as (archive_a, _), c.layers(id_b) as (archive_b, _):
+    with c.layers(id_a) as (archive_a, _), c_b.layers(id_b) as (archive_b, _):
         config_a, layers_a = archive_entries(archive_a)
         config_b, layers_b = archive_entries(archive_b)
     for line in config_changes({k: v for k, v in config_a.items() if k != "rootfs"},

@@ -6,13 +6,14 @@ that engine names it by its manifest digest. Each engine is stopped and its data
 afterwards (a containerd-store build takes about 28 GB)."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 
-from builder import engine, pipeline
+from builder import diff, engine, pipeline
 from tests.support import ROOT
 
 STORES = {"overlay2": [], "containerd": ["--containerd-store"]}
@@ -50,7 +51,8 @@ def test_the_tiny_image_tests_pass_on_docker_28(modern_engine):
     assert proc.returncode == 0
 
 
-def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, runtime_image, the_manifest):
+def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, runtime_image, the_manifest,
+                                                                 docker_client):
     info = modern_engine.info
     assert info.major >= 28
     built = pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True)
@@ -60,6 +62,9 @@ def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, 
     assert modern_engine.diff_ids(built.image_id) == json.loads(built.config)["rootfs"]["diff_ids"]
     print(f"Docker {info.server_version} ({info.image_store} store): {built.image_id}; "
           f"default engine: {runtime_image.image_id}")
-    assert built.image_id == runtime_image.image_id, (
-        f"Docker {info.server_version} ({info.image_store} store) built {built.image_id}, "
-        f"the default engine {runtime_image.image_id}; `build.py diff` shows what differs")
+    if built.image_id != runtime_image.image_id:  # say what differs: config, then files per layer
+        out = io.StringIO()
+        diff.explain(docker_client, runtime_image.image_id, built.image_id, out, c_b=modern_engine)
+        pytest.fail(f"Docker {info.server_version} ({info.image_store} store) built {built.image_id}, "
+                    f"the default engine {runtime_image.image_id}; A is the default engine's, B this one's:\n"
+                    f"{out.getvalue()}", pytrace=False)
