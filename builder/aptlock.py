@@ -4,9 +4,9 @@
 ``[os]``) and for each flavor that installs Ubuntu packages (``[ssh]``: what its step adds on
 top of the base), every package at its exact version, with the sha256 of its .deb as the
 archive's signed index listed it and the .deb's path in the archive's pool. Builds install
-exactly those bytes: the base from a local repository of checked .debs (builder/base.py), a
-flavor's step by downloading each .deb with its sha256 checked before install (the rendered
-Dockerfile). The lock also records when it was resolved, which is how old its view of the
+exactly those bytes, from the user's cache of checked .debs: the base from a local repository
+(builder/base.py), a flavor's step from a container that serves them to the build, each .deb's
+sha256 checked again before install (builder/debserver.py, the rendered Dockerfile). The lock also records when it was resolved, which is how old its view of the
 security pocket is. After a build the builder reads back what dpkg installed and compares;
 anything else stops the build before tagging.
 """
@@ -179,20 +179,6 @@ def fetch_deb(pin: Pin, mirror: str, timeout: int = 120) -> Path:
     part.write_bytes(data)
     part.replace(path)
     return path
-
-
-def check_served(pin: Pin, mirror: str, timeout: int = 30) -> None:
-    """Fail with the package and version when the archive no longer serves the pinned .deb."""
-    url = f"{mirror}/{pin.filename}"
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError as exc:
-        raise UserError(f"the archive no longer serves {pin.name}={pin.version} ({url}: HTTP {exc.code}), "
-                        f"which a flavor's step downloads during the build; run `python build.py lock --apt` "
-                        f"to pin what the archive serves now (or set os.bootstrap.snapshot)") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"cannot reach {url} ({getattr(exc, 'reason', exc)}) to check {pin.name}={pin.version}; "
-                        f"is the archive reachable?") from None
 
 
 # --- after a build: what dpkg installed is what the lock says ------------------------------------

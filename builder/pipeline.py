@@ -7,13 +7,14 @@ same image ID (the raw build stays behind, untagged, as the layer cache).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import aptlock, base, cache, context, facts, hygiene, lock, render, rewrite, tags
+from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, render, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
@@ -107,16 +108,15 @@ def check_buildable(variant: Variant) -> None:
         raise UserError("\n".join(problems))
 
 
-def check_apt_served(variant: Variant) -> None:
-    """A flavor's apt step downloads its pinned .debs during the build: stop before building,
-    naming the package, when the archive no longer serves one."""
+def flavor_debs(variant: Variant) -> list[tuple[aptlock.Pin, Path]]:
+    """The pinned .debs the variant's flavor steps install, in the user's cache and checked; fetched
+    before anything is built, so a .deb neither the cache nor the archive has stops the build first."""
     if "bootstrap" not in variant.manifest.os or variant.flavor == "runtime":
-        return
-    pins = render.apt_pins(variant)
+        return []
+    pins = sorted({p for flavor_pins in render.apt_pins(variant).values() for p in flavor_pins}, key=lambda p: p.name)
     archive = aptlock.mirror(variant.manifest)
-    for flavor_pins in pins.values():
-        with ThreadPoolExecutor(max_workers=8) as workers:
-            list(workers.map(lambda p: aptlock.check_served(p, archive), flavor_pins))
+    with ThreadPoolExecutor(max_workers=8) as workers:
+        return list(zip(pins, workers.map(lambda p: aptlock.fetch_deb(p, archive), pins)))
 
 
 def build(c: Engine, variant: Variant, *, repository: str | None = None,
@@ -130,14 +130,15 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
         runtime_id = build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle,
                            nocache=nocache, quiet=quiet).image_id
     ca = context.find_ca_bundle(ca_bundle)
-    check_apt_served(variant)
+    debs = flavor_debs(variant)
     started = time.monotonic()
     ensure_base(c, variant, quiet=quiet)
     if not quiet:
         print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
     based_at = time.monotonic()
-    raw_id = c.build(context.build_context(variant, ca), target=variant.flavor,
-                          nocache=nocache, quiet=quiet)
+    with debserver.serving(c, variant.manifest.base_ref, debs) if debs else contextlib.nullcontext({}) as hosts:
+        raw_id = c.build(context.build_context(variant, ca), target=variant.flavor,
+                         nocache=nocache, quiet=quiet, extra_hosts=hosts)
     built_at = time.monotonic()
     image_id, config, parts, source = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from builder import aptlock
+from builder import aptlock, debserver
 from builder.errors import UserError
 from builder.manifest import ROOT, Manifest, Variant
 from builder.tags import expected_versions, full_tag
@@ -99,7 +99,7 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "layers": variant.python_layers()[1:],
         # every .deb a flavor's apt step installs: name, version, sha256, pool path (the apt lock)
         "apt_pins": apt_pins(variant),
-        "archive": aptlock.mirror(m) if "bootstrap" in m.os else "",
+        "debs_url": debserver.url(),  # where a flavor's build fetches its pinned .debs (builder/debserver.py)
         "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
         "epoch": m.source_date_epoch,
         # what an apt step leaves that varies per build: the one list the normalizer and hygiene use

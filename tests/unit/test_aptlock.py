@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
+import tarfile
 import threading
 from datetime import datetime, timezone
 
 import pytest
 
-from builder import aptlock, manifest
+from builder import aptlock, debserver, manifest, pipeline
 from builder.aptlock import Lock, Pin
 from builder.errors import BuildFailed, UserError
 
@@ -124,8 +126,6 @@ def test_a_pinned_deb_is_fetched_once_checked_and_then_served_from_the_cache(arc
     assert path.read_bytes() == b"the bytes of hello 1.0" and path.parent == tmp_path / "cache" / "pytorch-cuda" / "debs"
     (root / p.filename).unlink()  # the pocket dropped the version: the cache still has it
     assert aptlock.fetch_deb(p, url) == path
-    with pytest.raises(UserError, match=r"no longer serves hello=1.0 .*HTTP 404.*lock --apt"):
-        aptlock.check_served(p, url)
 
 
 def test_a_deb_whose_bytes_differ_from_the_lock_is_refused_and_not_cached(archive, tmp_path, monkeypatch):
@@ -145,6 +145,37 @@ def test_a_dropped_uncached_deb_names_the_package_and_the_command(archive, tmp_p
     with pytest.raises(UserError, match=r"no longer serves openssh-server=1:9.6p1-3ubuntu13.3 .*HTTP 404.*"
                                         r"does not hold it; run `python build.py lock --apt`"):
         aptlock.fetch_deb(gone, url)
+
+
+def test_a_flavor_build_stops_before_building_when_a_pinned_deb_is_nowhere(archive, tmp_path, monkeypatch):
+    """The ssh step's .debs are fetched into the cache before anything is built: one the archive
+    no longer serves (and the cache lacks) is named, with the command, and nothing is built."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root, url = archive
+    m = manifest.load()
+    data = {**m.data, "os": {**m.os, "bootstrap": {**m.os["bootstrap"], "mirror": url}}}
+    moved = manifest.Manifest(path=tmp_path / "images.yaml", data=data)
+    served_pin = served(root, "libwrap0", b"libwrap0 bytes")
+    gone = Pin("openssh-server", "1:9.6p1-3ubuntu13.3", SHA, "pool/main/o/openssh/openssh-server_9.6p1-3ubuntu13.3_amd64.deb")
+    write_lock(moved, {"os": OS, "ssh": [served_pin, gone]})
+    with pytest.raises(UserError, match=r"no longer serves openssh-server=1:9.6p1-3ubuntu13.3"):
+        pipeline.flavor_debs(moved.variant("ssh"))
+    assert pipeline.flavor_debs(moved.variant("runtime")) == []
+    write_lock(moved, {"os": OS, "ssh": [served_pin]})
+    assert [(p.name, path.read_bytes()) for p, path in pipeline.flavor_debs(moved.variant("workstation"))] == [
+        ("libwrap0", b"libwrap0 bytes")]
+
+
+def test_the_debs_reach_the_server_container_as_one_readable_directory(archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root, url = archive
+    p = served(root, "hello", b"hello bytes")
+    with tarfile.open(fileobj=io.BytesIO(debserver.debs_tar([(p, aptlock.fetch_deb(p, url))]))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["srv/pytorch-cuda-debs"].isdir() and members["srv/pytorch-cuda-debs"].mode == 0o755
+        deb = members["srv/pytorch-cuda-debs/hello.deb"]
+        assert deb.mode == 0o644 and tar.extractfile(deb).read() == b"hello bytes"
+    assert debserver.url() == "http://debs.pytorch-cuda.internal:8000"
 
 
 def test_an_unreachable_archive_says_so(tmp_path, monkeypatch):
