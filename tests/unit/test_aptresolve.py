@@ -58,3 +58,23 @@ def test_the_pockets_are_the_release_and_both_update_pockets():
     assert aptresolve.suites(m) == ["noble", "noble-updates", "noble-security"]
     assert aptresolve.sources(m, "http://mirror")[1] == "deb http://mirror noble-updates main universe"
     assert aptresolve.flavor_packages(m) == {"ssh": ["openssh-server"]}
+
+
+def test_lock_apt_writes_the_new_lock_and_says_what_changed_per_section(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from builder import aptlock
+    from builder.aptlock import Lock, Pin
+    m = manifest.Manifest(path=tmp_path / "images.yaml", data=manifest.load().data)
+    sha = "ab" * 32
+    old = Lock(aptlock.lock_path(m), {"os": {"libc6": Pin("libc6", "2.39-0ubuntu8.11", sha, "pool/a.deb"),
+                                             "gone": Pin("gone", "1", sha, "pool/g.deb")}})
+    aptlock.write(old, m)
+    new = Lock(aptlock.lock_path(m), {"os": {"libc6": Pin("libc6", "2.39-0ubuntu8.12", sha, "pool/b.deb")},
+                                      "ssh": {"openssh-server": Pin("openssh-server", "1:9.6p1-3ubuntu13.20", sha, "pool/o.deb")}},
+               datetime(2026, 12, 4, tzinfo=timezone.utc))
+    monkeypatch.setattr(aptresolve, "resolve", lambda manifest, quiet=False: new)
+    assert aptresolve.lock_apt(m) == ["[os] libc6: 2.39-0ubuntu8.11 -> 2.39-0ubuntu8.12", "[os] gone: gone (was 1)",
+                                      "[ssh] openssh-server: new (1:9.6p1-3ubuntu13.20)"]
+    written = aptlock.read(aptlock.lock_path(m))
+    assert written.sections == new.sections and written.resolved == new.resolved
