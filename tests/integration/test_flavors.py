@@ -37,6 +37,26 @@ def checks(request, docker_client, flavor_image) -> dict[str, tuple[bool, str]]:
     return _checked[flavor]
 
 
+def openssh_key(tmp_path) -> str:
+    """A fresh ed25519 key for the OpenSSH client: the private key's path (public beside it as id.pub)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")], check=True)
+    return str(tmp_path / "id")
+
+
+def openssh(tmp_path, tool: str, key: str, *args: str) -> subprocess.CompletedProcess:
+    """The OpenSSH client (ssh, scp, sftp) with its own known_hosts: the container is new to it."""
+    return subprocess.run([tool, "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                           "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def sshd_port(container, port: int) -> int:
+    """The host port of the container's sshd, once it answers."""
+    host = services.host_port(container, port)
+    services.wait_until(lambda: services.host_key_fingerprint(host) is not None, 60, "sshd did not answer")
+    return host
+
+
 def passed(checks: dict, check_id: str) -> None:
     assert check_id in checks, f"{check_id} did not run"
     ok, detail = checks[check_id]
@@ -125,6 +145,48 @@ class SSHTests(ServiceTests):
 
     def test_without_a_key_sshd_stays_off_and_the_container_runs(self, checks):
         passed(checks, "ssh-without-key")
+
+    def test_scp_and_sftp_work_with_the_openssh_client(self, flavor_image, docker_client, the_manifest, tmp_path):
+        key = openssh_key(tmp_path)
+        env = {"SSH_PUBLIC_KEY": (tmp_path / "id.pub").read_text().strip()}
+        with services.running(docker_client, flavor_image.image_id, environment=env, ports=(22,)) as container:
+            port = sshd_port(container, 22)
+            (tmp_path / "up.txt").write_text("sent with scp\n")
+            scp = openssh(tmp_path, "scp", key, "-P", str(port), str(tmp_path / "up.txt"),
+                          f"{the_manifest.user['name']}@127.0.0.1:/tmp/up.txt")
+            assert scp.returncode == 0, scp.stderr
+            (tmp_path / "batch").write_text(f"ls /tmp\nget /tmp/up.txt {tmp_path / 'down.txt'}\n")
+            sftp = openssh(tmp_path, "sftp", key, "-P", str(port), "-b", str(tmp_path / "batch"),
+                           f"{the_manifest.user['name']}@127.0.0.1")
+            assert sftp.returncode == 0, sftp.stderr
+            assert "up.txt" in sftp.stdout and (tmp_path / "down.txt").read_text() == "sent with scp\n"
+
+    def test_the_host_key_survives_docker_restart(self, flavor_image, docker_client, tmp_path):
+        _, public = services.new_key()
+        with services.running(docker_client, flavor_image.image_id, environment={"SSH_PUBLIC_KEY": public},
+                              ports=(22,)) as container:
+            before = services.host_key_fingerprint(sshd_port(container, 22))
+            container.restart(timeout=10)
+            after = services.host_key_fingerprint(sshd_port(container, 22))
+        assert before == after, "a restarted container must not look like a man in the middle"
+
+    def test_public_key_alias_ssh_port_and_the_users_environment(self, flavor_image, docker_client,
+                                                                 the_manifest, tmp_path):
+        """The GPU clouds' PUBLIC_KEY, a port of the user's choosing (as --network host needs), and a
+        variable given with -e reaches the SSH session."""
+        key = openssh_key(tmp_path)
+        env = {"PUBLIC_KEY": (tmp_path / "id.pub").read_text().strip(), "SSH_PORT": "2222",
+               "MY_SETTING": "from docker run -e"}
+        with services.running(docker_client, flavor_image.image_id, environment=env, ports=(2222,)) as container:
+            port = sshd_port(container, 2222)
+            session = openssh(tmp_path, "ssh", key, "-p", str(port), f"{the_manifest.user['name']}@127.0.0.1",
+                              "echo \"$MY_SETTING\"; python -c 'import torch; print(torch.__version__)'")
+            assert session.returncode == 0, session.stderr
+            assert session.stdout.splitlines()[:1] == ["from docker run -e"]
+            assert session.stdout.splitlines()[1].startswith("2.8.0")
+            container.reload()
+            health = container.exec_run(["/usr/local/bin/healthcheck"])
+            assert health.exit_code == 0, health.output.decode()
 
 
 class DevelTests(FlavorTests):
