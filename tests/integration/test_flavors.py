@@ -4,10 +4,15 @@ flavors it contains, the way the image does.
 """
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import time
 
 import pytest
+import requests
+import websocket
 
 from builder import aptlock, pipeline, services, verify
 from tests.support import ROOT, TEST_REPOSITORY
@@ -116,6 +121,28 @@ class JupyterTests(ServiceTests):
         container = containers.start(flavor_image.refs[0], environment={"JUPYTER_DISABLE_AUTH": "yes-i-understand"})
         services.wait_until(lambda: "authentication is OFF" in services.logs(container), 60, "no warning logged")
 
+    def test_a_terminal_opens_bash(self, flavor_image, docker_client):
+        """JupyterLab's terminal runs $SHELL, which the image sets to bash (unset, it would be sh)."""
+        token = "terminal-test-token"
+        with services.running(docker_client, flavor_image.image_id, environment={"JUPYTER_TOKEN": token},
+                              ports=(8888,)) as container:
+            base = f"http://127.0.0.1:{services.host_port(container, 8888)}"
+            headers = {"Authorization": f"token {token}"}
+            services.wait_until(lambda: requests.get(f"{base}/api", timeout=2).ok, 120, "Jupyter did not answer")
+            name = requests.post(f"{base}/api/terminals", headers=headers, timeout=30).json()["name"]
+            ws = websocket.create_connection(f"{base.replace('http', 'ws', 1)}/terminals/websocket/{name}",
+                                             header=headers, timeout=30)
+            try:
+                ws.send(json.dumps(["stdin", 'echo "SH""ELL_IS=$0"\r']))
+                seen, deadline = "", time.monotonic() + 30
+                while not re.search(r"SHELL_IS=\S*bash", seen) and time.monotonic() < deadline:
+                    message = json.loads(ws.recv())
+                    if message[0] == "stdout":
+                        seen += message[1]
+            finally:
+                ws.close()
+            assert re.search(r"SHELL_IS=\S*bash", seen), f"the terminal said: {seen[-300:]!r}"
+
 
 class SSHTests(ServiceTests):
     def test_its_ubuntu_packages_are_the_locked_ones(self, flavor_image, docker_client, the_manifest):
@@ -211,6 +238,19 @@ class TestSSH(SSHTests):
 
 class TestWorkstation(DevelTests, JupyterTests, SSHTests):
     flavor = "workstation"
+
+    def test_the_tools_a_person_expects_are_there_as_the_user(self, flavor_image, containers, docker_client,
+                                                              the_manifest):
+        """git, curl, less, editors, tmux, rsync, ssh, htop: installed from the apt lock's [workstation]."""
+        tools = ["git", "curl", "less", "nano", "vi", "tmux", "rsync", "ssh", "scp", "htop"]
+        result = containers.run(flavor_image.image_id, ["bash", "-c", "for t in " + " ".join(tools)
+                                                        + '; do command -v "$t" || echo "missing $t"; done; '
+                                                          'git --version && tmux -V && echo "shell: $SHELL"'])
+        assert result.exit_code == 0 and "missing" not in result.output, result.output
+        assert "shell: /bin/bash" in result.output
+        installed = aptlock.installed(docker_client, flavor_image.image_id)
+        lock = aptlock.read(aptlock.lock_path(the_manifest))
+        assert installed["git"] == lock.versions("workstation")["git"]
 
     def test_verify_passes_every_check(self, flavor_image):
         proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "verify", flavor_image.refs[0]],

@@ -52,9 +52,9 @@ def test_the_lock_round_trips_with_hashes_pool_paths_and_its_date(the_manifest):
 def test_a_build_expects_the_base_then_each_flavors_additions(the_manifest):
     lock = write_lock(the_manifest, {"os": OS, "ssh": SSH})
     assert aptlock.apt_flavors(the_manifest.variant("runtime")) == []
-    assert aptlock.apt_flavors(the_manifest.variant("workstation")) == ["ssh"]
+    assert aptlock.apt_flavors(the_manifest.variant("workstation")) == ["workstation", "ssh"]
     assert aptlock.expected(lock, the_manifest.variant("runtime")) == lock.versions("os")
-    assert aptlock.expected(lock, the_manifest.variant("workstation"))["openssh-server"] == "1:9.6p1-3ubuntu13.20"
+    assert aptlock.expected(lock, the_manifest.variant("ssh"))["openssh-server"] == "1:9.6p1-3ubuntu13.20"
 
 
 def test_an_image_whose_packages_differ_is_left_untagged_with_what_moved(the_manifest, monkeypatch):
@@ -161,9 +161,10 @@ def test_a_flavor_build_stops_before_building_when_a_pinned_deb_is_nowhere(archi
     with pytest.raises(UserError, match=r"no longer serves openssh-server=1:9.6p1-3ubuntu13.3"):
         pipeline.flavor_debs(moved.variant("ssh"))
     assert pipeline.flavor_debs(moved.variant("runtime")) == []
-    write_lock(moved, {"os": OS, "ssh": [served_pin]})
+    tmux = served(root, "tmux", b"tmux bytes")
+    write_lock(moved, {"os": OS, "ssh": [served_pin], "workstation": [tmux, served_pin]})
     assert [(p.name, path.read_bytes()) for p, path in pipeline.flavor_debs(moved.variant("workstation"))] == [
-        ("libwrap0", b"libwrap0 bytes")]
+        ("libwrap0", b"libwrap0 bytes"), ("tmux", b"tmux bytes")]
 
 
 def test_the_debs_reach_the_server_container_as_one_readable_directory(archive, tmp_path, monkeypatch):

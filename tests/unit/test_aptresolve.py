@@ -57,7 +57,8 @@ def test_the_pockets_are_the_release_and_both_update_pockets():
     m = manifest.load()
     assert aptresolve.suites(m) == ["noble", "noble-updates", "noble-security"]
     assert aptresolve.sources(m, "http://mirror")[1] == "deb http://mirror noble-updates main universe"
-    assert aptresolve.flavor_packages(m) == {"ssh": ["openssh-server"]}
+    assert aptresolve.flavor_packages(m)["ssh"] == ["openssh-server"]
+    assert {"git", "tmux", "rsync"} <= set(aptresolve.flavor_packages(m)["workstation"])
 
 
 def test_lock_apt_writes_the_new_lock_and_says_what_changed_per_section(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def test_flavor_composition_from_the_manifest():
     m = manifest.load()
     workstation = m.variant("workstation")
     assert workstation.lineage() == ["runtime", "devel", "workstation"]
-    assert workstation.contents() == ["runtime", "devel", "jupyter", "ssh"]
+    assert workstation.contents() == ["runtime", "devel", "workstation", "jupyter", "ssh"]  # its own tools first
     assert workstation.python_layers() == ["runtime", "devel", "jupyter"]
     assert m.variant("ssh-cu126").sibling("runtime").name == "runtime-cu126"
     assert "nvidia-cuda-nvcc-cu12==12.8.93" in m.variant("devel").requirements("devel")
