@@ -13,6 +13,12 @@ from builder import engine
 from tests.support import ROOT, TEST_REPOSITORY
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background (a shell without job
+    control) passes SIGINT on ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def verify_containers(c: engine.Engine) -> list:
     return c.client.containers.list(all=True, filters={"label": engine.LABEL_TEST})
 
@@ -23,7 +29,8 @@ def test_a_signal_during_verify_leaves_no_tag_and_no_container(runtime_image, do
     assert not verify_containers(docker_client), "a container from an earlier test is still there"
     proc = subprocess.Popen([sys.executable, str(ROOT / "build.py"), "build", "runtime", "--quiet",
                              "--repository", repository, "--records", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 600
         while not verify_containers(docker_client):  # verify has started one of its containers
