@@ -16,6 +16,7 @@ import hashlib
 import re
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +47,8 @@ class Pin:
 
     @property
     def deb(self) -> str:
-        """A file name for the .deb that says what it is (the pool's name, as in filename)."""
-        return self.filename.rsplit("/", 1)[-1] or f"{self.name}_{self.version.replace(':', '%3a')}.deb"
+        """The .deb's file name in the pool, which says what it is."""
+        return self.filename.rsplit("/", 1)[-1]
 
     def line(self) -> str:
         return f"{self.name}={self.version} sha256:{self.sha256} {self.filename}"
@@ -143,42 +144,62 @@ def pins(lock: Lock, section: str) -> list[Pin]:
     return [p for _, p in sorted(lock.sections[section].items())]
 
 
+def flavor_pins(variant: Variant) -> dict[str, list[Pin]]:
+    """The pins of each flavor in the image that installs Ubuntu packages (a bootstrapped base only:
+    a registry base's packages are the registry's, so its flavors install by name)."""
+    flavors = apt_flavors(variant)
+    if not flavors or "bootstrap" not in variant.manifest.os:
+        return {}
+    lock = read(lock_path(variant.manifest))
+    return {flavor: pins(lock, flavor) for flavor in flavors}
+
+
 # --- .debs: the user's cache, filled from the archive, every file checked -------------------------
 
 def cached_deb(sha256: str) -> Path:
     return cache.path("debs", f"{sha256}.deb")
 
 
-def fetch_deb(pin: Pin, mirror: str, timeout: int = 120) -> Path:
-    """The pinned .deb from the cache, else from the mirror; its sha256 is checked either way.
+def fetch_checked(url: str, sha256: str, what: str, timeout: int = 120, pinned_by: str = "the lock") -> Path:
+    """The .deb with this sha256 from the cache, else from url (then cached); checked either way.
 
-    Raises UserError when the archive no longer serves it (the -updates and -security pockets
-    drop superseded versions): only a relock, the cache of a machine that built it, or an
-    archive snapshot can give it back.
+    Raises UserError when url answers 404 or the like (the -updates and -security pockets drop
+    superseded versions: only a relock, the cache of a machine that had it, or an archive
+    snapshot can give it back), BuildFailed when its bytes are not the ones pinned.
     """
-    path = cached_deb(pin.sha256)
-    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256:
+    path = cached_deb(sha256)
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
         return path
-    url = f"{mirror}/{pin.filename}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
     except urllib.error.HTTPError as exc:
-        raise UserError(f"the archive no longer serves {pin.name}={pin.version} ({url}: HTTP {exc.code}) and "
+        raise UserError(f"the archive no longer serves {what} ({url}: HTTP {exc.code}) and "
                         f"the .deb cache ({path.parent}) does not hold it; run `python build.py lock --apt` "
                         f"to pin what the archive serves now (or set os.bootstrap.snapshot)") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"cannot fetch {pin.name}={pin.version} from {url} "
-                        f"({getattr(exc, 'reason', exc)}); is the archive reachable?") from None
+        raise UserError(f"cannot fetch {what} from {url} ({getattr(exc, 'reason', exc)}); "
+                        f"is the archive reachable?") from None
     digest = hashlib.sha256(data).hexdigest()
-    if digest != pin.sha256:
-        raise BuildFailed(f"{url} has sha256 {digest}, the lock says {pin.sha256} for {pin.name}={pin.version}; "
+    if digest != sha256:
+        raise BuildFailed(f"{url} has sha256 {digest}, {pinned_by} says {sha256} for {what}; "
                           f"nothing was installed from it")
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(f".part-{digest[:8]}")
     part.write_bytes(data)
     part.replace(path)
     return path
+
+
+def fetch_deb(pin: Pin, mirror: str, timeout: int = 120) -> Path:
+    """The pinned .deb (see fetch_checked)."""
+    return fetch_checked(f"{mirror}/{pin.filename}", pin.sha256, f"{pin.name}={pin.version}", timeout)
+
+
+def fetch_debs(pins: list[Pin], mirror: str) -> list[tuple[Pin, Path]]:
+    """Every pinned .deb, a few at a time, in the cache and checked."""
+    with ThreadPoolExecutor(max_workers=8) as workers:
+        return list(zip(pins, workers.map(lambda p: fetch_deb(p, mirror), pins)))
 
 
 # --- after a build: what dpkg installed is what the lock says ------------------------------------

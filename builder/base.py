@@ -12,9 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from debian import debfile
@@ -63,10 +60,8 @@ def local_repository(pins: list[aptlock.Pin], archive: str, repo: Path, codename
     if not quiet:
         print(f"fetching {len(pins)} pinned Ubuntu packages (sha256 checked; cache: "
               f"{aptlock.cached_deb('x').parent})", flush=True)
-    with ThreadPoolExecutor(max_workers=8) as workers:
-        debs = list(workers.map(lambda p: aptlock.fetch_deb(p, archive), pins))
     stanzas = []
-    for pin, deb in zip(pins, debs):
+    for pin, deb in aptlock.fetch_debs(pins, archive):
         target = pool / pin.deb
         shutil.copyfile(deb, target)
         control = debfile.DebFile(str(target)).debcontrol()
@@ -95,18 +90,14 @@ def pull_pinned(c: Engine, ref: str) -> str:
 
 
 def fetch_keyring(manifest: Manifest, tmp: Path) -> Path:
-    """Download the archive keyring .deb, check its sha256, and unpack the keyring file."""
+    """The archive keyring .deb (the .deb cache, checked against the manifest's sha256), unpacked."""
     spec = manifest.os["bootstrap"]["keyring"]
-    deb = tmp / "keyring.deb"
     try:
-        with urllib.request.urlopen(spec["url"], timeout=60) as response:
-            deb.write_bytes(response.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"manifest key os.bootstrap.keyring.url: cannot fetch {spec['url']} ({exc})") from None
-    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-    if digest != spec["sha256"]:
-        raise UserError(f"manifest key os.bootstrap.keyring.sha256: {spec['url']} has sha256 {digest}, "
-                        f"expected {spec['sha256']}; do not build on an unverified keyring")
+        deb = aptlock.fetch_checked(spec["url"], spec["sha256"], "the archive keyring", timeout=60,
+                                    pinned_by="the manifest")
+    except (UserError, BuildFailed) as exc:
+        raise UserError(f"manifest keys os.bootstrap.keyring.url/sha256: {exc}; do not build on an "
+                        f"unverified keyring") from None
     unpacked = tmp / "keyring"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
     keyring = unpacked / spec["path"]
@@ -139,6 +130,8 @@ def mmdebstrap_command(manifest: Manifest, pins: list[aptlock.Pin], repo: Path, 
             f"--customize-hook={hook}",
             f"--customize-hook={sources}",
             os_["codename"], str(out), f"deb [trusted=yes] file://{repo} {os_['codename']} main"]
+
+
 def bootstrap(manifest: Manifest, pins: list[aptlock.Pin], repo: Path, out: Path, quiet: bool) -> None:
     if shutil.which("mmdebstrap") is None:
         raise UserError("mmdebstrap is not installed: `apt-get install mmdebstrap` (Debian/Ubuntu), "

@@ -93,7 +93,7 @@ class Manifest:
         if "image" in self.os:
             return self.os["image"]
         inputs = {"os": self.os, "user": self.user, "source_date_epoch": self.source_date_epoch,
-                  "apt_lock_os": self._apt_lock_section("os"), "bootstrap": BOOTSTRAP_FORM}
+                  "apt_lock_os": self._apt_os_pins(), "bootstrap": BOOTSTRAP_FORM}
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-base:{self.os['name']}{self.os['version']}-{digest}"
 
@@ -102,14 +102,9 @@ class Manifest:
         """The Ubuntu packages of every stage, pinned (builder/aptlock.py)."""
         return self.path.parent / "locks" / f"apt-{self.os['name']}{self.os['version']}.txt"
 
-    def _apt_lock_section(self, section: str) -> list[str]:
-        lines, inside = [], False
-        for line in self.apt_lock_path.read_text().splitlines() if self.apt_lock_path.exists() else ():
-            if line.startswith("["):
-                inside = line.strip() == f"[{section}]"
-            elif inside and line.strip() and not line.startswith("#"):
-                lines.append(line.strip())
-        return lines
+    def _apt_os_pins(self) -> list[str]:
+        from builder import aptlock  # aptlock reads manifests; imported here to keep the module graph one-way
+        return [pin.line() for _, pin in sorted(aptlock.read(self.apt_lock_path).sections.get("os", {}).items())]
 
     def variant_name(self, flavor: str, cuda_key: str) -> str:
         """The default CUDA build gets the bare flavor name, the others a suffix (runtime-cu126)."""

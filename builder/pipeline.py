@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, render, rewrite, tags
+from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
@@ -111,12 +110,8 @@ def check_buildable(variant: Variant) -> None:
 def flavor_debs(variant: Variant) -> list[tuple[aptlock.Pin, Path]]:
     """The pinned .debs the variant's flavor steps install, in the user's cache and checked; fetched
     before anything is built, so a .deb neither the cache nor the archive has stops the build first."""
-    if "bootstrap" not in variant.manifest.os or variant.flavor == "runtime":
-        return []
-    pins = sorted({p for flavor_pins in render.apt_pins(variant).values() for p in flavor_pins}, key=lambda p: p.name)
-    archive = aptlock.mirror(variant.manifest)
-    with ThreadPoolExecutor(max_workers=8) as workers:
-        return list(zip(pins, workers.map(lambda p: aptlock.fetch_deb(p, archive), pins)))
+    pins = {p for flavor_pins in aptlock.flavor_pins(variant).values() for p in flavor_pins}
+    return aptlock.fetch_debs(sorted(pins, key=lambda p: p.name), aptlock.mirror(variant.manifest)) if pins else []
 
 
 def build(c: Engine, variant: Variant, *, repository: str | None = None,

@@ -68,16 +68,6 @@ def stages(variant: Variant) -> list[dict]:
             for parent, flavor in zip(lineage, lineage[1:])]
 
 
-def apt_pins(variant: Variant) -> dict[str, list[aptlock.Pin]]:
-    """The pins of each flavor in the image that installs Ubuntu packages (a bootstrapped base only:
-    a registry base's packages are the registry's, so its flavors install by name)."""
-    flavors = aptlock.apt_flavors(variant)
-    if not flavors or "bootstrap" not in variant.manifest.os:
-        return {}
-    lock = aptlock.read(aptlock.lock_path(variant.manifest))
-    return {flavor: aptlock.pins(lock, flavor) for flavor in flavors}
-
-
 def render_variant(variant: Variant) -> dict[str, str]:
     """File name → content for images/<variant>/."""
     m = variant.manifest
@@ -98,7 +88,7 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "stages": stages(variant),
         "layers": variant.python_layers()[1:],
         # every .deb a flavor's apt step installs: name, version, sha256, pool path (the apt lock)
-        "apt_pins": apt_pins(variant),
+        "apt_pins": aptlock.flavor_pins(variant),
         "debs_url": debserver.url(),  # where a flavor's build fetches its pinned .debs (builder/debserver.py)
         "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
         "epoch": m.source_date_epoch,
