@@ -66,6 +66,21 @@ def runtime_image(docker_client, session_images, the_manifest) -> pipeline.Built
 
 
 @pytest.fixture(scope="session")
+def build_flavor(docker_client, session_images, the_manifest, runtime_image):
+    """build_flavor(name) → the flavor's image, built at most once per session (runtime's layers
+    come from the cache); every module that needs a flavor shares it."""
+    built: dict[str, pipeline.Built] = {}
+
+    def build(flavor: str) -> pipeline.Built:
+        if flavor not in built:
+            built[flavor] = pipeline.build_and_tag(docker_client, the_manifest.variant(flavor),
+                                                   repository=TEST_REPOSITORY, quiet=True)
+        return built[flavor]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def registry_storage(tmp_path_factory):
     """Blob storage shared by the registries the session starts one after another, so the runtime
     image's 7 GB is uploaded once: a later push of it finds every layer there."""

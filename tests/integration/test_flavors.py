@@ -17,18 +17,13 @@ import websocket
 from builder import aptlock, pipeline, services, verify
 from tests.support import ROOT, TEST_REPOSITORY
 
-_built: dict[str, pipeline.Built] = {}
 _checked: dict[str, dict[str, tuple[bool, str]]] = {}
 
 
 @pytest.fixture
-def flavor_image(request, docker_client, session_images, the_manifest, runtime_image) -> pipeline.Built:
-    """The class's flavor, built once per session (runtime's layers come from the cache)."""
-    flavor = request.cls.flavor
-    if flavor not in _built:
-        _built[flavor] = pipeline.build_and_tag(docker_client, the_manifest.variant(flavor),
-                                                repository=TEST_REPOSITORY, quiet=True)
-    return _built[flavor]
+def flavor_image(request, build_flavor) -> pipeline.Built:
+    """The class's flavor, built once per session (conftest's build_flavor)."""
+    return build_flavor(request.cls.flavor)
 
 
 @pytest.fixture
