@@ -10,6 +10,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from builder import lock
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
 from builder.render import IMAGES, TEMPLATES
@@ -66,6 +67,7 @@ def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
             _add(tar, name, (rendered / name).read_bytes(), 0o644, epoch)
         for layer, path in locks.items():
             _add(tar, f"{layer}.lock", path.read_bytes(), 0o644, epoch)
+        _add(tar, "constraints.txt", lock.constraints(locks["runtime"]).encode(), 0o644, epoch)
         _add(tar, "build-ca.pem", ca_bundle.read_bytes() if ca_bundle else b"", 0o600, epoch)
         for top, prefix in ((SELFTEST, "selftest"), (ROOTFS, "rootfs"), (BUILD_SCRIPTS, "build")):
             for path in _tree(top):

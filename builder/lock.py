@@ -106,6 +106,19 @@ def locked_pins(path: Path) -> dict[str, str]:
     return pins
 
 
+# What the image pins for its users too: an install that would replace one of these fails
+# (PIP_CONSTRAINT / UV_CONSTRAINT point at the constraints file made from them).
+IMAGE_PINNED = ("torch", "torchvision", "torchaudio", "triton")
+
+
+def constraints(path: Path) -> str:
+    """The constraints file of a runtime lock: torch, its pair, triton and every NVIDIA wheel, exact."""
+    pins = locked_pins(path)
+    kept = sorted(n for n in pins if n in IMAGE_PINNED or n.startswith("nvidia-") and n != "nvidia-ml-py")
+    return ("# The packages this image is built around: pip and uv installs must keep them (PIP_CONSTRAINT).\n"
+            + "".join(f"{name}=={pins[name]}\n" for name in kept))
+
+
 def stale(variant: Variant) -> list[str]:
     """Why the variant's locks do not match the manifest (empty when they do)."""
     problems = []

@@ -26,9 +26,9 @@ MANIFEST = ROOT / "manifests" / "images.yaml"
 SCHEMA = ROOT / "manifests" / "images.schema.json"
 
 # Keys (dotted, "*" for any name) whose values must parse as versions (packaging.version).
-VERSION_KEYS = ("os.version", "python", "cuda.*.cuda", "cuda.*.torch", "cuda.*.cudnn",
-                "cuda.*.nccl", "cuda.*.triton", "cuda.*.nvcc", "cuda.*.cccl", "python_packages.*",
-                "flavors.*.python_packages.*")
+VERSION_KEYS = ("os.version", "python", "cuda.*.cuda", "cuda.*.torch", "cuda.*.torchvision",
+                "cuda.*.torchaudio", "cuda.*.cudnn", "cuda.*.nccl", "cuda.*.triton", "cuda.*.nvcc",
+                "cuda.*.cccl", "python_packages.*", "flavors.*.python_packages.*")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Cuda:
     cuda: str
     index: str
     torch: str
+    torchvision: str  # released together with torch: the pair must match it
+    torchaudio: str
     cudnn: str
     nccl: str
     triton: str
@@ -183,7 +185,8 @@ class Variant:
     def requirements(self, layer: str = "runtime") -> list[str]:
         """Top-level pins a layer's lock is resolved from."""
         if layer == "runtime":
-            pins = {"torch": self.cuda.torch, **self.manifest.data["python_packages"]}
+            pins = {"torch": self.cuda.torch, "torchvision": self.cuda.torchvision,
+                    "torchaudio": self.cuda.torchaudio, **self.manifest.data["python_packages"]}
         else:
             pins = dict(self.spec(layer)["python_packages"])
             if layer == "devel":  # nvcc and headers follow the CUDA build

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, rewrite, tags
+from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, record, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
@@ -133,7 +133,8 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
     based_at = time.monotonic()
     with debserver.serving(c, variant.manifest.base_ref, debs) if debs else contextlib.nullcontext({}) as hosts:
         raw_id = c.build(context.build_context(variant, ca), target=variant.flavor,
-                         nocache=nocache, quiet=quiet, extra_hosts=hosts)
+                         nocache=nocache, quiet=quiet, extra_hosts=hosts,
+                         buildargs={"SOURCE_REVISION": record.source_revision()})
     built_at = time.monotonic()
     image_id, config, parts, source = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),

@@ -123,6 +123,20 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+# what a build of an image reads from the checkout (the build context's sources)
+IMAGE_SOURCES = ("manifests", "templates", "selftest", "images")
+
+
+def source_revision() -> str:
+    """The commit an image is built from, for its org.opencontainers.image.revision label:
+    `<commit>-dirty` when the image's sources differ from it, `unknown` outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *IMAGE_SOURCES)
+    return f"{commit}-dirty" if changed else commit
+
+
 def builder_info(c: Engine | None = None) -> dict[str, Any]:
     """Who made the record and when: builder and engine versions, the checkout's commit."""
     try:

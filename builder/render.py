@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import jinja2
+from packaging.version import Version
 
 from builder import aptlock, debserver
 from builder.errors import UserError
@@ -35,6 +36,8 @@ def common_labels(variant: Variant) -> dict[str, str]:
         "pytorch-cuda.python": m.python,
         "pytorch-cuda.cuda-build": cuda.key,
         "pytorch-cuda.torch": cuda.torch,
+        "pytorch-cuda.torchvision": cuda.torchvision,
+        "pytorch-cuda.torchaudio": cuda.torchaudio,
         "pytorch-cuda.cuda": cuda.cuda,
         "pytorch-cuda.cudnn": cuda.cudnn,
         "pytorch-cuda.nccl": cuda.nccl,
@@ -43,7 +46,17 @@ def common_labels(variant: Variant) -> dict[str, str]:
     }
     for name, version in sorted(m.data["python_packages"].items()):
         labels[f"pytorch-cuda.{name}"] = version
+    for key in ("source", "url", "vendor", "licenses"):  # the revision is set when the build runs
+        if key in m.data.get("project", {}):
+            labels[f"org.opencontainers.image.{key}"] = m.data["project"][key]
     return labels
+
+
+def driver_cuda(cuda: str) -> str:
+    """The oldest driver CUDA version the wheels of a CUDA build run on: CUDA's minor-version
+    compatibility lets a 12.x build run on any 12.0+ driver, so asking for 12.8 would turn away
+    drivers that work."""
+    return f"{Version(cuda).major}.0"
 
 
 def flavor_labels(variant: Variant, flavor: str) -> dict[str, str]:
@@ -92,6 +105,7 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "debs_url": debserver.url(),  # where a flavor's build fetches its pinned .debs (builder/debserver.py)
         "apt_packages": {f: variant.spec(f).get("apt_packages", []) for f in variant.contents()},
         "epoch": m.source_date_epoch,
+        "driver_cuda": driver_cuda(variant.cuda.cuda),
         # what an apt step leaves that varies per build: the one list the normalizer and hygiene use
         "apt_clean": " ".join("/" + p for p in ("var/lib/apt/lists/*", *BUILD_VARYING)),
     }

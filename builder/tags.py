@@ -19,6 +19,9 @@ class ImageVersions:
     """The versions a tag is made of."""
 
     torch: str  # public version, "2.8.0"
+    # not in the tag's text, but checked with it: the pair PyTorch released with that torch
+    torchvision: str
+    torchaudio: str
     cuda: str  # "12.8"
     cudnn_major: int
     python: str  # "3.12"
@@ -52,7 +55,8 @@ def tags_for(v: ImageVersions, flavor: str, epoch: int) -> list[str]:
 def expected_versions(variant: Variant) -> ImageVersions:
     """What the manifest says the image should report."""
     m = variant.manifest
-    return ImageVersions(torch=variant.cuda.torch, cuda=variant.cuda.cuda,
+    return ImageVersions(torch=variant.cuda.torch, torchvision=variant.cuda.torchvision,
+                         torchaudio=variant.cuda.torchaudio, cuda=variant.cuda.cuda,
                          cudnn_major=Version(variant.cuda.cudnn).major,
                          python=m.python, os_id=m.os["name"], os_version=m.os["version"])
 
@@ -67,7 +71,9 @@ def cudnn_version(code: int) -> str:
 def observed_versions(facts: dict[str, Any]) -> ImageVersions:
     """What the image reported about itself (see builder/inside/facts.py)."""
     python = Version(facts["python"])
-    return ImageVersions(torch=Version(facts["torch"]).public, cuda=facts["cuda"],
+    return ImageVersions(torch=Version(facts["torch"]).public,
+                         torchvision=Version(facts.get("torchvision") or "0").public,
+                         torchaudio=Version(facts.get("torchaudio") or "0").public, cuda=facts["cuda"],
                          cudnn_major=Version(cudnn_version(facts["cudnn"])).major,
                          python=f"{python.major}.{python.minor}",
                          os_id=facts["os_id"], os_version=facts["os_version"])

@@ -22,6 +22,7 @@ from builder import facts, hygiene, services, tags
 from builder.engine import Engine
 from builder.errors import BuildFailed
 from builder.manifest import ROOT, Manifest, Variant
+from builder import render
 from builder.render import common_labels
 
 
@@ -92,6 +93,22 @@ def check_triton(e: Evidence) -> tuple[bool, str]:
     return _same("Triton", e.variant.cuda.triton, e.facts.get("triton"))
 
 
+def check_vision_audio(e: Evidence) -> tuple[bool, str]:
+    """The pair released with torch, each running one compiled op (a pair built for another torch fails there)."""
+    cuda, found, wrong = e.variant.cuda, [], []
+    for name, expected in (("torchvision", cuda.torchvision), ("torchaudio", cuda.torchaudio)):
+        if name + "_error" in e.facts:
+            wrong.append(f"{name}: {e.facts[name + '_error']}")
+            continue
+        version, op = Version(e.facts[name]).public, e.facts[name + "_op"]
+        if version != expected:
+            wrong.append(f"{name} {version} (manifest: {expected}, released with torch {cuda.torch})")
+        if not op["ok"]:
+            wrong.append(f"{name}: {op['detail']}")
+        found.append(f"{name} {version}: {op['detail']}")
+    return not wrong, "; ".join(wrong or found)
+
+
 def check_packages(e: Evidence) -> tuple[bool, str]:
     pins = e.variant.manifest.data["python_packages"]
     wrong = [f"{n} {e.facts['packages'].get(n.lower())} (manifest: {v})" for n, v in pins.items()
@@ -120,17 +137,38 @@ def check_init(e: Evidence) -> tuple[bool, str]:
 
 
 def check_nvidia_env(e: Evidence) -> tuple[bool, str]:
+    """What the NVIDIA Container Toolkit and Kubernetes' device plugin read."""
     env = e.facts["env"]
-    ok = env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
-    return ok, (f"NVIDIA_VISIBLE_DEVICES={env['NVIDIA_VISIBLE_DEVICES']} "
-                f"NVIDIA_DRIVER_CAPABILITIES={env['NVIDIA_DRIVER_CAPABILITIES']}")
+    expected = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+                "NVIDIA_REQUIRE_CUDA": f"cuda>={render.driver_cuda(e.variant.cuda.cuda)}"}
+    wrong = [f"{k}={env.get(k)} (expected {v})" for k, v in expected.items() if env.get(k) != v]
+    if "/usr/local/nvidia/lib64" not in (env.get("LD_LIBRARY_PATH") or "").split(":"):
+        wrong.append(f"LD_LIBRARY_PATH={env.get('LD_LIBRARY_PATH')} lacks /usr/local/nvidia/lib64")
+    return not wrong, "; ".join(wrong) or " ".join(f"{k}={v}" for k, v in expected.items())
+
+
+def check_user_installs(e: Evidence) -> tuple[bool, str]:
+    """The user can pip install into the image's Python, and the image's own pins hold."""
+    found = e.facts.get("installs") or {}
+    wrong = []
+    if not (found.get("site_packages_writable") and found.get("bin_writable")):
+        wrong.append("the venv is not writable by the image's user: pip install would fail")
+    missing = [n for n in ("torch", "torchvision", "torchaudio", "triton") if n not in found.get("pinned", [])]
+    if missing or not any(n.startswith("nvidia-") for n in found.get("pinned", [])):
+        wrong.append(f"PIP_CONSTRAINT={e.facts['env'].get('PIP_CONSTRAINT')} does not pin "
+                     f"{', '.join(missing) or 'the NVIDIA wheels'}")
+    return not wrong, "; ".join(wrong) or (f"the user owns the venv; {len(found['pinned'])} packages kept by "
+                                           f"{e.facts['env'].get('PIP_CONSTRAINT')}")
 
 
 def check_labels(e: Evidence) -> tuple[bool, str]:
     labels = e.config.get("Labels") or {}
     wrong = [f"{k}={labels.get(k)!r} (manifest: {v!r})" for k, v in common_labels(e.variant).items()
              if labels.get(k) != v]
-    return not wrong, "; ".join(wrong) or f"{len(common_labels(e.variant))} version labels match"
+    revision = labels.get("org.opencontainers.image.revision")
+    if not revision:
+        wrong.append("no org.opencontainers.image.revision label")
+    return not wrong, "; ".join(wrong) or f"{len(common_labels(e.variant))} labels match; revision {revision}"
 
 
 def check_shared_layers(e: Evidence) -> tuple[bool, str]:
@@ -188,12 +226,14 @@ CHECKS: list[tuple[str, Callable[[Evidence], tuple[bool | None, str]]]] = [
     ("cudnn-version", check_cudnn),
     ("nccl-version", check_nccl),
     ("triton-version", check_triton),
+    ("vision-audio", check_vision_audio),
     ("python-packages", check_packages),
     ("pip-check", check_pip),
     ("torch-compile", check_compile),
     ("non-root-user", check_user),
     ("tini-pid1", check_init),
     ("nvidia-env", check_nvidia_env),
+    ("user-installs", check_user_installs),
     ("labels", check_labels),
     ("shared-layers", check_shared_layers),
     ("hygiene", check_hygiene),

@@ -519,6 +519,26 @@ def env_flag_checks(environ: Mapping[str, str]) -> tuple[list[Check], dict]:
     return checks, flagged
 
 
+SHM_MIN_BYTES = 1 << 30  # below this, DataLoader workers (which pass batches through /dev/shm) die
+
+
+def shm_check(path: str = "/dev/shm", statvfs: Callable[[str], Any] = os.statvfs) -> Check:
+    """Docker gives a container 64 MB of /dev/shm unless told otherwise: enough to start, not to train."""
+    try:
+        st = statvfs(path)
+    except OSError as exc:
+        return Check("host.shm", WARN, f"cannot read {path}: {exc.strerror or exc}",
+                     "run the container with --shm-size=8g (or --ipc=host)")
+    size = st.f_blocks * st.f_frsize
+    if size < SHM_MIN_BYTES:
+        return Check("host.shm", WARN,
+                     f"{path} is {size / 2**20:.0f} MiB: DataLoader workers (num_workers > 0) fail with "
+                     f"'bus error' or 'unable to write to file </torch_...>' below 1 GiB",
+                     "run the container with --shm-size=8g (or --ipc=host); on Kubernetes mount an emptyDir "
+                     "with medium: Memory at /dev/shm")
+    return Check("host.shm", PASS, f"{path} is {size / 2**30:.1f} GiB")
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -883,4 +903,5 @@ def run(
         result.add(Check("cuda.available", FAIL, "no GPU check possible: torch is not importable", "install torch"))
     result.checks.extend(health_checks(result.nvml_devices, result.nvml_index))
     result.checks.extend(env_checks)
+    result.add(shm_check())
     return result

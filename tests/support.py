@@ -45,3 +45,22 @@ def tar_of(members: dict[str, bytes]) -> bytes:
 def dockerfile_context(dockerfile: str) -> io.BytesIO:
     """A build context holding only a Dockerfile."""
     return io.BytesIO(tar_of({"Dockerfile": dockerfile.encode()}))
+
+
+def make_wheel(directory: Path, name: str, version: str, module: str = "") -> Path:
+    """A minimal pure-Python wheel (module `name` with `module` as its code): what a user installs."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist_info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": module.encode() or f"VERSION = {version!r}\n".encode(),
+             f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{dist_info}/RECORD,,\n"
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in {**files, f"{dist_info}/RECORD": record.encode()}.items():
+            wheel.writestr(member, data)
+    return path

@@ -222,10 +222,12 @@ class Engine:
     # -- build and run --------------------------------------------------------------------
 
     def build(self, context: IO[bytes], *, target: str, nocache: bool = False, quiet: bool = False,
-              out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None) -> str:
+              out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None,
+              buildargs: dict[str, str] | None = None) -> str:
         """Build from a tar context without tagging; returns the image ID.
 
         extra_hosts: name → address in the build containers' /etc/hosts (not in the image).
+        buildargs: the Dockerfile's ARG values.
 
         Output streams as the engine sends it (a torch install takes minutes and must show life);
         with quiet, the last lines are kept and shown only if a step fails.
@@ -233,7 +235,8 @@ class Engine:
         tail: collections.deque[str] = collections.deque(maxlen=60)
         image_id = None
         stream = self.client.api.build(fileobj=context, custom_context=True, target=target, nocache=nocache,
-                                       rm=True, forcerm=True, pull=False, decode=True, extra_hosts=extra_hosts)
+                                       rm=True, forcerm=True, pull=False, decode=True, extra_hosts=extra_hosts,
+                                       buildargs=buildargs)
         for chunk in stream:
             text = chunk.get("stream", "")
             if text:

@@ -139,6 +139,27 @@ class JupyterTests(ServiceTests):
             assert re.search(r"SHELL_IS=\S*bash", seen), f"the terminal said: {seen[-300:]!r}"
 
 
+    def test_behind_a_proxy_it_answers_under_the_base_url_and_stays_healthy(self, flavor_image, docker_client):
+        """JUPYTER_BASE_URL moves every route under the prefix; JUPYTER_ALLOW_ORIGIN lets that page's
+        origin in (CORS); the healthcheck follows the prefix."""
+        token, origin = "proxy-test-token", "https://lab.example.com"
+        environment = {"JUPYTER_TOKEN": token, "JUPYTER_BASE_URL": "/user/alice/", "JUPYTER_ALLOW_ORIGIN": origin}
+        with services.running(docker_client, flavor_image.image_id, environment=environment,
+                              ports=(8888,)) as container:
+            base = f"http://127.0.0.1:{services.host_port(container, 8888)}"
+            headers = {"Authorization": f"token {token}"}
+            services.wait_until(lambda: requests.get(f"{base}/user/alice/api", timeout=2).ok, 120,
+                                "Jupyter did not answer under /user/alice/")
+            status = requests.get(f"{base}/user/alice/api/status", headers=headers, timeout=10)
+            assert status.status_code == 200 and "started" in status.json()
+            assert requests.get(f"{base}/api/status", headers=headers, timeout=10).status_code == 404
+            cors = requests.get(f"{base}/user/alice/api/status", timeout=10,
+                                headers={**headers, "Origin": origin})
+            assert cors.headers.get("Access-Control-Allow-Origin") == origin
+            health = container.exec_run(["/usr/local/bin/healthcheck"])
+            assert health.exit_code == 0, health.output.decode()
+
+
 class SSHTests(ServiceTests):
     def test_its_ubuntu_packages_are_the_locked_ones(self, flavor_image, docker_client, the_manifest):
         """The base's packages and what the ssh step added, exactly as the apt lock pins them."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -10,7 +11,7 @@ import pytest
 
 from builder import aptlock, engine, hygiene, normalize, verify
 from builder.context import find_ca_bundle
-from tests.support import ROOT, TEST_REPOSITORY
+from tests.support import ROOT, TEST_REPOSITORY, make_wheel
 
 
 def test_tags_name_what_is_inside(runtime_image, docker_client):
@@ -146,3 +147,57 @@ def test_a_leaky_build_is_caught(runtime_image, docker_client, the_manifest, doc
         assert any("build CA" in f or "build-only CA certificate" in f for f in findings), findings
     finally:
         docker_client.remove_image(image_id, force=True)
+
+
+@pytest.fixture
+def wheels(tmp_path):
+    """A local wheel directory: a new package, and a `torch` 2.9.0 that must not replace the image's."""
+    for name, version in (("hello_user", "1.0"), ("hello_uv", "1.0"), ("torch", "2.9.0")):
+        make_wheel(tmp_path, name, version)
+    os.chmod(tmp_path, 0o755)
+    return tmp_path
+
+
+def test_the_user_installs_with_pip_and_uv_and_keeps_them(runtime_image, containers, wheels):
+    """pip and uv install as the image's user (no root, no sudo); a new shell imports what they put there."""
+    box = containers.start(runtime_image.image_id, command=["sleep", "infinity"],
+                           volumes={str(wheels): {"bind": "/wheels", "mode": "ro"}})
+    pip = box.exec_run(["pip", "install", "--no-index", "--find-links", "/wheels", "hello_user"])
+    assert pip.exit_code == 0, pip.output.decode()
+    uv = box.exec_run(["uv", "pip", "install", "--no-index", "--find-links", "/wheels", "hello_uv"])
+    assert uv.exit_code == 0, uv.output.decode()
+    new_shell = box.exec_run(["bash", "-lc", "id -u; python -c 'import hello_user, hello_uv; print(hello_user.VERSION)'"])
+    assert new_shell.output.decode().split() == ["1000", "1.0"], new_shell.output.decode()
+
+
+def test_an_install_that_would_replace_torch_fails_with_the_reason(runtime_image, containers, wheels):
+    """PIP_CONSTRAINT / UV_CONSTRAINT keep torch at the image's version, loudly."""
+    box = containers.start(runtime_image.image_id, command=["sleep", "infinity"],
+                           volumes={str(wheels): {"bind": "/wheels", "mode": "ro"}})
+    for command in (["pip", "install", "--no-index", "--find-links", "/wheels", "torch==2.9.0"],
+                    ["uv", "pip", "install", "--no-index", "--find-links", "/wheels", "torch==2.9.0"]):
+        result = box.exec_run(command)
+        assert result.exit_code != 0, result.output.decode()
+        assert "2.8.0" in result.output.decode(), result.output.decode()
+    still = box.exec_run(["python", "-c", "import importlib.metadata as m; print(m.version('torch'))"])
+    assert still.output.decode().strip() == "2.8.0+cu128"
+
+
+def test_torchvision_and_torchaudio_are_the_pair_released_with_torch(runtime_image):
+    found = runtime_image.facts
+    assert (found["torchvision"].split("+")[0], found["torchaudio"].split("+")[0]) == ("0.23.0", "2.8.0")
+    assert found["torchvision_op"]["ok"] and found["torchaudio_op"]["ok"], found
+
+
+def test_gpu_conventions_labels_and_notice(runtime_image, docker_client, containers, the_manifest):
+    config = docker_client.run_config(runtime_image.image_id)
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.0"  # minor-version compatibility: any CUDA 12 driver
+    assert "/usr/local/nvidia/lib64" in env["LD_LIBRARY_PATH"].split(":")
+    labels = config["Labels"]
+    for key in ("source", "url", "vendor", "licenses"):
+        assert labels[f"org.opencontainers.image.{key}"] == the_manifest.data["project"][key]
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert labels["org.opencontainers.image.revision"] in (commit, f"{commit}-dirty")
+    notice = containers.run(runtime_image.image_id, ["cat", "/usr/share/doc/pytorch-cuda/NOTICE"])
+    assert "NVIDIA Software License Agreement" in notice.output

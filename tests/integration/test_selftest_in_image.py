@@ -36,6 +36,8 @@ def test_selftest_quick_in_the_image_writes_a_valid_fingerprint(runtime_image, c
     by_id = {c["id"]: c["status"] for c in doc["checks"]}
     for check_id in ("python.version", "torch.version", "cuda.version", "cudnn.version", "nccl.version"):
         assert by_id.get(check_id) == "pass", (check_id, by_id)
+    shm = next(c for c in doc["checks"] if c["id"] == "host.shm")  # Docker's default: 64 MB
+    assert shm["status"] == "warn" and "--shm-size" in shm["remedy"], shm
     tps = doc["cost"]["output"]["tokens_per_second"]
     assert tps > 0
     assert doc["cost"]["output"]["usd_per_1k_tokens"] == pytest.approx(0.8 * 1000 / (3600 * tps))

@@ -157,3 +157,26 @@ def test_damaged_image_info_is_reported_not_raised(tmp_path, content):
 def test_missing_image_info():
     info = load_image_info("/nonexistent/image.json")
     assert not info.found and not info.inside_image and info.error is None
+
+
+class _Vfs:
+    def __init__(self, blocks: int, frsize: int = 4096):
+        self.f_blocks, self.f_frsize = blocks, frsize
+
+
+def test_docker_default_shm_warns_with_the_remedy():
+    check = validate.shm_check(statvfs=lambda path: _Vfs(64 * 2**20 // 4096))
+    assert check.status == WARN and "64 MiB" in check.message and "DataLoader" in check.message
+    assert "--shm-size" in check.remedy and "--ipc=host" in check.remedy
+
+
+def test_one_gib_of_shm_passes():
+    check = validate.shm_check(statvfs=lambda path: _Vfs(2**30 // 4096))
+    assert check.status == PASS and "1.0 GiB" in check.message
+
+
+def test_unreadable_shm_warns_instead_of_raising():
+    def missing(path):
+        raise FileNotFoundError(2, "No such file or directory")
+    check = validate.shm_check(statvfs=missing)
+    assert check.status == WARN and "No such file" in check.message

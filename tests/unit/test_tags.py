@@ -2,7 +2,7 @@
 from builder import manifest, tags
 
 FACTS = {"python": "3.12.3", "torch": "2.8.0+cu128", "cuda": "12.8", "cudnn": 91002,
-         "os_id": "ubuntu", "os_version": "24.04"}
+         "torchvision": "0.23.0+cu128", "torchaudio": "2.8.0+cu128", "os_id": "ubuntu", "os_version": "24.04"}
 
 
 def test_tags_from_reported_versions():
@@ -32,6 +32,17 @@ def test_mismatch_names_the_field_and_both_values():
     assert "torch: manifest says '2.8.0', image has '2.7.1'" in wrong
     assert "cuda: manifest says '12.8', image has '12.6'" in wrong
     assert len(wrong) == 2
+
+
+def test_a_torchaudio_built_for_another_torch_vetoes_the_tag():
+    """What an unpinned resolve next to torch 2.8.0 picks: torchaudio 2.11.0."""
+    variant = manifest.load().variant("runtime")
+    observed = tags.observed_versions({**FACTS, "torchaudio": "2.11.0"})
+    assert tags.mismatches(tags.expected_versions(variant), observed) == [
+        "torchaudio: manifest says '2.8.0', image has '2.11.0'"]
+    missing = tags.observed_versions({k: v for k, v in FACTS.items() if k != "torchvision"})
+    assert tags.mismatches(tags.expected_versions(variant), missing) == [
+        "torchvision: manifest says '0.23.0', image has '0'"]
 
 
 def test_tag_of_another_cuda_build():

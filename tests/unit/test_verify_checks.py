@@ -13,9 +13,16 @@ from tests.support import ROOT
 
 GOOD_FACTS = {
     "python": "3.12.3", "os_id": "ubuntu", "os_version": "24.04", "uid": 1000, "user": "user", "pid1": "tini",
-    "env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
-    "packages": {"numpy": "2.5.5", "nvidia-ml-py": "13.615.71", "jsonschema": "4.26.0"},
+    "env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+            "NVIDIA_REQUIRE_CUDA": "cuda>=12.0", "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64",
+            "PIP_CONSTRAINT": "/etc/pytorch-cuda/constraints.txt"},
+    "installs": {"site_packages_writable": True, "bin_writable": True,
+                 "pinned": ["nvidia-cublas-cu12", "torch", "torchaudio", "torchvision", "triton"]},
+    "packages": {"numpy": "2.5.5", "nvidia-ml-py": "13.615.71", "jsonschema": "4.26.0", "uv": "0.13.9"},
     "torch": "2.8.0+cu128", "cuda": "12.8", "cudnn": 91002, "nccl": "2.27.3", "triton": "3.4.0",
+    "torchvision": "0.23.0+cu128", "torchaudio": "2.8.0+cu128",
+    "torchvision_op": {"ok": True, "detail": "nms kept boxes [0, 2] (expected [0, 2])"},
+    "torchaudio_op": {"ok": True, "detail": "lfilter settled at 1.0000 (expected 1.0)"},
     "pip_check": {"exit_code": 0, "output": "No broken requirements found."},
     "compile": {"ok": True, "error": None},
 }
@@ -38,7 +45,7 @@ def evidence(variant: str = "runtime", **changes) -> verify.Evidence:
     findings = changes.pop("findings", [])
     apt_installed = changes.pop("apt_installed", dict(APT_OS))
     facts.update(changes)
-    config = {"Labels": render.common_labels(v)}
+    config = {"Labels": {**render.common_labels(v), "org.opencontainers.image.revision": "e4b7d4e" * 5}}
     return verify.Evidence(variant=v, facts=facts, config=config, findings=findings, apt_installed=apt_installed,
                            apt_lock=apt_lock(), checked_at=RESOLVED + timedelta(hours=3))
 
@@ -61,7 +68,7 @@ def test_a_good_image_passes_every_check():
     ({"cudnn": 90100}, "cudnn-version", "cuDNN 9.1.0 (manifest: 9.10.2)"),
     ({"nccl": "2.21.5"}, "nccl-version", "2.21.5"),
     ({"python": "3.11.9"}, "python-version", "Python 3.11"),
-    ({"packages": {"numpy": "1.26.4", "nvidia-ml-py": "13.615.71", "jsonschema": "4.26.0"}},
+    ({"packages": {"numpy": "1.26.4", "nvidia-ml-py": "13.615.71", "jsonschema": "4.26.0", "uv": "0.13.9"}},
      "python-packages", "numpy 1.26.4 (manifest: 2.5.5)"),
     ({"pip_check": {"exit_code": 1, "output": "torch 2.8.0 requires sympy, which is not installed."}},
      "pip-check", "requires sympy"),
@@ -69,7 +76,19 @@ def test_a_good_image_passes_every_check():
      "torch-compile", "InvalidCxxCompiler"),
     ({"uid": 0, "user": "root"}, "non-root-user", "runs as root"),
     ({"pid1": "python"}, "tini-pid1", "PID 1 is python"),
-    ({"env": {"NVIDIA_VISIBLE_DEVICES": None, "NVIDIA_DRIVER_CAPABILITIES": None}}, "nvidia-env", "None"),
+    ({"env": {**GOOD_FACTS["env"], "NVIDIA_VISIBLE_DEVICES": None}}, "nvidia-env", "None"),
+    ({"env": {**GOOD_FACTS["env"], "NVIDIA_REQUIRE_CUDA": "cuda>=12.8"}}, "nvidia-env",
+     "NVIDIA_REQUIRE_CUDA=cuda>=12.8 (expected cuda>=12.0)"),
+    ({"env": {**GOOD_FACTS["env"], "LD_LIBRARY_PATH": None}}, "nvidia-env", "lacks /usr/local/nvidia/lib64"),
+    ({"installs": {**GOOD_FACTS["installs"], "site_packages_writable": False}}, "user-installs",
+     "not writable by the image's user"),
+    ({"installs": {**GOOD_FACTS["installs"], "pinned": ["torch"]}}, "user-installs",
+     "does not pin torchvision, torchaudio, triton"),
+    ({"torchaudio": "2.11.0"}, "vision-audio", "torchaudio 2.11.0 (manifest: 2.8.0, released with torch 2.8.0)"),
+    ({"torchvision_op": {"ok": False, "detail": "nms kept boxes [0] (expected [0, 2])"}}, "vision-audio",
+     "torchvision: nms kept boxes [0]"),
+    ({"torchaudio": None, "torchaudio_error": "OSError: libtorchaudio.so: undefined symbol"}, "vision-audio",
+     "undefined symbol"),
     ({"findings": ["copy of the build CA bundle: /etc/pip.pem"]}, "hygiene", "/etc/pip.pem"),
     ({"apt_installed": {**APT_OS, "libc6": "2.39-0ubuntu8"}}, "security-pocket", "libc6: 2.39-0ubuntu8.6 -> 2.39-0ubuntu8"),
 ])
@@ -91,6 +110,12 @@ def test_a_changed_label_fails():
     e = evidence()
     e.config["Labels"]["pytorch-cuda.torch"] = "2.7.0"
     assert "pytorch-cuda.torch='2.7.0'" in failed(e)["labels"]
+
+
+def test_an_image_without_a_revision_label_fails():
+    e = evidence()
+    del e.config["Labels"]["org.opencontainers.image.revision"]
+    assert "no org.opencontainers.image.revision label" in failed(e)["labels"]
 
 
 def test_report_prints_one_line_per_check_and_a_summary(capsys):
