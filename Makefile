@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 VARIANT ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv engine tools registry build-image verify push render lock test unit bench bench-reproducible clean
+.PHONY: help venv engine tools registry build-image verify push render lock test unit bench bench-sizes bench-reproducible clean
 
 help:
 	@echo "make build-image [VARIANT=runtime]   build, tag and verify an image (default: the manifest's default)"
 	@echo "make test                            all tests (unit + integration against the real engine)"
 	@echo "make unit                            unit tests only (no engine)"
 	@echo "make bench                           benchmarks; results in bench/results/"
+	@echo "make bench-sizes                     what each flavor and the workstation additions add; bench/results/build.json"
 	@echo "make bench-reproducible [RUNS=10]    double builds from a cleared cache; bench/results/reproducible.json"
 	@echo "make push REGISTRY=host:port/ns [VARIANT=…]  push a verified image, pull it back by digest"
 	@echo "make render | lock                   regenerate images/ or manifests/locks/"
@@ -59,6 +60,10 @@ unit: venv
 
 bench: venv engine tools
 	$(PY) bench/build.py
+	$(PY) bench/sizes.py
+
+bench-sizes: venv engine tools
+	$(PY) bench/sizes.py
 
 # 10 double builds from a cleared cache (about 10 minutes each on 2 cores)
 bench-reproducible: venv engine tools
