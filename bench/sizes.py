@@ -28,7 +28,7 @@ DIST_BYTES = """
 import importlib.metadata as m, os, sys
 for name in sys.argv[1:]:
     d = m.distribution(name)
-    tops = {str(f).split("/")[0] for f in d.files}
+    tops = {str(f).split("/")[0] for f in d.files if not str(f).startswith("..")}
     total = 0
     for top in tops:
         path = os.path.join(str(d.locate_file("")), top)
@@ -68,6 +68,9 @@ def main() -> int:
         "runtime_added_bytes": runtime_added,
         "runtime_added_by_package_bytes": by_package,
         "writable_install_bytes": ownership,
+        "writable_install_note": "runtime's growth minus the new packages: the user-owned venv plus whatever else "
+                                 "changed since the baseline (base and lock bumps); at or below 0, owning costs "
+                                 "nothing measurable (uid/gid are fields of each tar header)",
         "flavor_added_bytes": added,
         "flavor_added_baseline_bytes": BASELINE["flavor_added"],
         "workstation_tools_bytes": tools,

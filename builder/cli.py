@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shutil
 import signal
@@ -18,40 +19,81 @@ default CUDA build has the bare flavor name, the others a suffix (runtime-cu126)
 Exit codes: 0 success, 1 a build or check failed, 2 bad input or unusable environment."""
 
 
+def command(m: manifest.Manifest, *words: str) -> str:
+    """A build.py command line to suggest, with --manifest when the manifest is not the default one,
+    so that the hint runs against the manifest the user is working with."""
+    default = m.path.resolve() == manifest.MANIFEST.resolve()
+    return " ".join(("python build.py", *words) + (() if default else ("--manifest", str(lock.shown(m.path)))))
+
+
+def missing_locks(m: manifest.Manifest) -> dict[Path, list[manifest.Variant]]:
+    """Each lock file that does not exist → the variants (built ones) that need it."""
+    missing: dict[Path, list[manifest.Variant]] = {}
+    for v in m.variants().values():
+        for layer in v.python_layers() if v.built else []:
+            if not v.lock_path(layer).exists():
+                missing.setdefault(v.lock_path(layer), []).append(v)
+    return missing
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    """A short status per variant, and below the table why a variant cannot be built: the status
+    column stays one word or two, so it never pushes the tags out of line."""
     m = manifest.load(args.manifest)
     c = None
     try:
         c = engine.connect()
     except UserError:
         pass
-    print(f"{'variant':<20} {'status':<22} tag")
+    missing = missing_locks(m)
+    rows, notes, stale = [], [], {}
     for name, v in m.variants().items():
         tag = f"{m.name}:{tags.full_tag(tags.expected_versions(v), v.flavor)}"
         if not v.built:
             status = "rendered only"
-        elif not all(v.lock_path(layer).exists() for layer in v.python_layers()):
-            status = "no lock (index unreachable?)"
+        elif any(v.lock_path(layer) in missing for layer in v.python_layers()):
+            status = "no lock"
+        elif lock.stale(v):
+            status = "stale lock"
+            for problem in lock.stale(v):  # one note per problem, however many variants share the lock
+                stale.setdefault(problem.partition("; run `")[0], []).append(v)
         elif c is None:
             status = "buildable (no engine)"
         else:
             status = "built" if c.image_exists(tag) else "not built"
-        print(f"{name:<20} {status:<22} {tag}")
+        rows.append((name, status, tag))
+    for path, needing in missing.items():
+        first = needing[0]
+        layer = path.name.removesuffix(f"-{first.cuda.key}.txt")
+        maker = first.sibling(layer).name  # locking that variant writes this file (runtime's first)
+        notes.append(f"no lock: {lock.shown(path)} does not exist (needed by {', '.join(v.name for v in needing)}); "
+                     f"`{command(m, 'lock', maker)}` makes it from {first.cuda.index}")
+    for problem, needing in stale.items():
+        fix = "" if "fix cuda." in problem else f"; `{command(m, 'lock', needing[0].name)}` resolves it again"
+        notes.append(f"stale lock: {problem} (needed by {', '.join(v.name for v in needing)}){fix}")
+    widths = [max(len(r[i]) for r in rows + [("variant", "status", "tag")]) for i in range(2)]
+    for name, status, tag in [("variant", "status", "tag")] + rows:
+        print(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {tag}")
+    if notes:
+        print()
+        print("\n".join(notes))
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
+    out = render.images_dir(m)
     if args.check:
-        problems = render.check_drift(m)
+        problems = render.check_drift(m, out)
         for p in problems:
             print(p)
         if problems:
-            print("images/ is out of date: run `python build.py render --all` and commit it", file=sys.stderr)
+            print(f"{lock.shown(out)}/ is out of date: run `{command(m, 'render', '--all')}` and commit it",
+                  file=sys.stderr)
         return 1 if problems else 0
     names = list(m.variants()) if args.all or not args.variant else [m.variant(args.variant).name]
-    for path in render.write(m, names):
-        print(f"wrote {path.relative_to(manifest.ROOT)}")
+    for path in render.write(m, names, out):
+        print(f"wrote {lock.shown(path)}")
     return 0
 
 
@@ -60,13 +102,17 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if args.apt:
         changed = aptresolve.lock_apt(m, quiet=args.quiet)
         print("\n".join(changed) if changed else "no Ubuntu package changed")
-        written = render.write(m, list(m.variants()))  # the flavors' pinned .debs are in the Dockerfiles
-        print(f"wrote {aptlock.lock_path(m)} and {len(written)} files under images/: commit them, then build")
+        out = render.images_dir(m)
+        written = render.write(m, list(m.variants()), out)  # the flavors' pinned .debs are in the Dockerfiles
+        print(f"wrote {lock.shown(aptlock.lock_path(m))} and {len(written)} files under {lock.shown(out)}/: "
+              f"commit them, then build")
         return 0
     chosen = m.variants().values() if args.all or not args.variant else [m.variant(args.variant)]
-    failed = 0
+    failed, unreachable = 0, set()
     done: set = set()
     for v in chosen:
+        if v.cuda.index in unreachable:  # said once already; asking again costs uv's retries
+            continue
         for layer in v.python_layers():
             path = v.lock_path(layer)
             if path in done:
@@ -74,10 +120,14 @@ def cmd_lock(args: argparse.Namespace) -> int:
             done.add(path)
             try:
                 lock.lock(v, layer)
+            except lock.IndexUnreachable as exc:  # one line; the variant's other layers need this one
+                print(f"error: {exc}", file=sys.stderr)
+                unreachable.add(v.cuda.index)
+                break
             except BuildFailed as exc:
                 print(f"{exc}", file=sys.stderr)
                 failed += 1
-    return 1 if failed else 0
+    return 2 if unreachable else 1 if failed else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -141,7 +191,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ("buildkit", "yes (buildx plugin and Docker 23+)" if i.buildkit else "no: the classic builder is used")]
     free = engine.free_bytes(i)
     rows.append(("disk", f"{free / 1e9:.1f} GB free in {i.data_root}" if free is not None
-                 else f"unknown (the data root {i.data_root or '?'} is not visible from here)"))
+                 else f"unknown (the data root {i.data_root or '?'} is not visible to the builder)"))
     problems = []
     if free is not None and free < 30e9:
         problems.append(f"less than 30 GB free in {i.data_root}: a build needs about 15 GB "
@@ -160,18 +210,54 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if blocking else 0
 
 
+def closest_variant(m: manifest.Manifest, target: str) -> str | None:
+    """The variant a name or image reference most likely means: the one whose tags the reference
+    carries (any repository), else the nearest variant name; None when nothing is close."""
+    variants = m.variants()
+    if target in variants:
+        return target
+    tag = target.rsplit("/", 1)[-1].partition("@")[0].rpartition(":")[2] if ":" in target else ""
+    for name, v in variants.items():
+        if tag and tag in tags.tags_for(tags.expected_versions(v), v.flavor, m.source_date_epoch):
+            return name
+    words = [target, tag, tag.rsplit("-", 1)[-1]] if tag else [target]
+    for word in filter(None, words):
+        close = difflib.get_close_matches(word, variants, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    return None
+
+
+def build_hint(m: manifest.Manifest, target: str) -> str:
+    """What to run to have the image of ``target``: a real variant's build command, never a
+    placeholder, and never a build of something the manifest does not declare."""
+    if target in m.variants():
+        return f"build it first: `{command(m, 'build', target)}`"
+    guess = closest_variant(m, target)
+    if guess is not None:
+        return (f"{target!r} is not a variant of {lock.shown(m.path)}; did you mean {guess}? "
+                f"`{command(m, 'build', guess)}` builds it (`{command(m, 'list')}` shows every variant)")
+    return (f"{target!r} is not a variant of {lock.shown(m.path)}, whose variants are {', '.join(m.variants())} "
+            f"(`{command(m, 'list')}` shows their status)")
+
+
+def require_image(c: engine.Engine, m: manifest.Manifest, target: str, image: str) -> None:
+    """Stop with a hint naming a real variant when the image is not in the engine."""
+    if not c.image_exists(image):
+        raise UserError(f"no image {image} in the engine; {build_hint(m, target)}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     c = engine.connect()
     image = image_of(m, args.target, args.repository)
     variant = m.variant(args.target) if args.target in m.variants() else None
-    if not c.image_exists(image):
-        raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
+    require_image(c, m, args.target, image)
     if variant is None:
         config = c.run_config(image)
         if not (config.get("Labels") or {}).get("pytorch-cuda.variant"):
             raise UserError(f"image {image} has no pytorch-cuda.variant label: it was not built by build.py; "
-                            f"name the variant instead")
+                            f"name one of the variants of {lock.shown(m.path)} instead ({', '.join(m.variants())})")
         variant = verify.variant_of(m, config, None)
     return 0 if all(r.ok for r in run_verify(c, image, variant, args.ca_bundle)) else 1
 
@@ -190,7 +276,8 @@ def cmd_tags(args: argparse.Namespace) -> int:
     c = engine.connect()
     image = image_of(m, args.variant, args.repository)
     if not c.image_exists(image):
-        raise UserError(f"{image} is not built here: tags are read from inside the image, so build it first")
+        raise UserError(f"no image {image} in the engine: tags are read from inside the image, so "
+                        f"{build_hint(m, args.variant)}")
     found = facts.collect(c, image)
     for tag in tags.tags_for(tags.observed_versions(found), variant.flavor, m.source_date_epoch) + \
             (["latest"] if args.latest else []):
@@ -205,13 +292,39 @@ def cmd_push(args: argparse.Namespace) -> int:
     if args.username:
         password = sys.stdin.readline().rstrip("\n")
         if not password:
-            raise UserError("--username given: write the password (or token) on standard input, e.g. "
-                            "`echo \"$TOKEN\" | python build.py push ... --username me`")
+            example = command(m, "push", args.target, "--registry", args.registry, "--username", args.username)
+            raise UserError(f"--username given: write the password (or token) on standard input, e.g. "
+                            f"`echo \"$TOKEN\" | {example}`")
         auth = {"username": args.username, "password": password}
     c = engine.connect()
-    release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
-                 latest=args.latest)
+    require_image(c, m, args.target, image)
+    try:
+        release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
+                     latest=args.latest)
+    except UserError as exc:
+        if "`python build.py build" not in str(exc):
+            raise
+        raise UserError(with_variant(str(exc), m, variant_in(c, m, args.target, image))) from None
     return 0
+
+
+def variant_in(c: engine.Engine, m: manifest.Manifest, target: str, image: str) -> str | None:
+    """The manifest's variant an image is: the target itself, or its pytorch-cuda.variant label."""
+    if target in m.variants():
+        return target
+    label = (c.run_config(image).get("Labels") or {}).get("pytorch-cuda.variant")
+    return label if label in m.variants() else None
+
+
+def with_variant(message: str, m: manifest.Manifest, variant: str | None) -> str:
+    """A hint from the release modules with its build command naming the variant: a bare
+    `python build.py build` builds the default variant, which may be another image."""
+    real = (f"`{command(m, 'build', variant)}`" if variant else
+            f"`{command(m, 'build')}` followed by one of the variants ({', '.join(m.variants())})")
+    for generic in ("python build.py build VARIANT", "python build.py build"):
+        if f"`{generic}`" in message:
+            return message.replace(f"`{generic}`", real)
+    return message
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -220,6 +333,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
              "tag": f"{m.name}:{tags.full_tag(tags.expected_versions(v), v.flavor)}",
              "locked": all(v.lock_path(layer).exists() for layer in v.python_layers())}
             for v in m.variants().values() if v.built]
+    if args.locked_only:  # what a CI job can build from the checkout as it is
+        rows = [r for r in rows if r["locked"]]
     if args.format == "github":
         print("matrix=" + json.dumps({"include": rows}, separators=(",", ":")))
     else:
@@ -243,8 +358,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise UserError(f"--source {args.source}: expected a comma-separated list of {', '.join(audit.SOURCES)}")
     c = engine.connect()
     image = image_of(m, args.target, args.repository)
-    if not c.image_exists(image):
-        raise UserError(f"no image {image} in the engine: build it first (`python build.py build {args.target}`)")
+    require_image(c, m, args.target, image)
     build_sbom = release.build_sbom_of(c, image, args.records) if args.sbom else None  # before the slow part
     results = audit.audit(c, image, m, sources, mirror=args.mirror)
     sys.stdout.write(audit.as_json(image, results) if args.json else audit.report(image, results))
@@ -259,18 +373,25 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build.py", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, default=manifest.MANIFEST, help="the manifest (default: %(default)s)")
+    # the same option after the command; SUPPRESS leaves the one given before it (or the default) alone
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--manifest", type=Path, default=argparse.SUPPRESS,
+                       help="the manifest, after the command or before it (default: manifests/images.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("list", help="variants, their tags, and whether each is built here")
+    def command_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[after], **kwargs)
+
+    s = command_parser("list", help="variants, their tags, and whether each is built in the engine or why it cannot be")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("render", help="write images/<variant>/ from templates/ and the manifest")
+    s = command_parser("render", help="write images/<variant>/ from templates/ and the manifest")
     s.add_argument("variant", nargs="?", help="one variant (default: all)")
     s.add_argument("--all", action="store_true", help="every variant")
     s.add_argument("--check", action="store_true", help="only report drift between images/ and the templates")
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("lock", help="resolve hash-locked requirements into manifests/locks/ (uv); "
+    s = command_parser("lock", help="resolve hash-locked requirements into manifests/locks/ (uv); "
                                     "--apt: the Ubuntu packages (apt)")
     s.add_argument("variant", nargs="?", help="one variant's lock (default: all)")
     s.add_argument("--all", action="store_true", help="every lock")
@@ -280,12 +401,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="print only what changed")
     s.set_defaults(func=cmd_lock)
 
-    s = sub.add_parser("doctor", help="what engine answers, how its layers will be read and why, what is missing")
+    s = command_parser("doctor", help="what engine answers, how its layers will be read and why, what is missing")
     s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
                    help="check this way of reading layers (default: %(default)s)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("build", help="bootstrap the base if needed, build, verify, record, then tag")
+    s = command_parser("build", help="bootstrap the base if needed, build, verify, record, then tag")
     s.add_argument("variant", nargs="?", help="the variant (default: the manifest's default_variant)")
     s.add_argument("--ca-bundle", help="PEM bundle pip trusts in the build stage only "
                                        "(default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT)")
@@ -306,20 +427,20 @@ def parser() -> argparse.ArgumentParser:
                    help="where build records and SBOMs go (default: build/records)")
     s.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("verify", help="run an image and check it; one PASS/FAIL line per check")
+    s = command_parser("verify", help="run an image and check it; one PASS/FAIL line per check")
     s.add_argument("target", metavar="VARIANT|IMAGE", help="a variant name, or an image reference or ID")
     s.add_argument("--ca-bundle", help="the CA bundle the build used, to prove it did not leak "
                                        "(default: as for build)")
     s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("tags", help="the tags of a built variant, read from inside the image")
+    s = command_parser("tags", help="the tags of a built variant, read from inside the image")
     s.add_argument("variant")
     s.add_argument("--repository", help="repository name (default: the manifest's name)")
     s.add_argument("--latest", action="store_true", help="also print `latest`")
     s.set_defaults(func=cmd_tags)
 
-    s = sub.add_parser("push", help="push a verified image (every tag), pull it back by digest, record it")
+    s = command_parser("push", help="push a verified image (every tag), pull it back by digest, record it")
     s.add_argument("target", metavar="VARIANT|IMAGE")
     s.add_argument("--registry", required=True, metavar="HOST[:PORT]/NAMESPACE")
     s.add_argument("--username", help="registry user; the password is read from standard input "
@@ -330,17 +451,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_push)
 
-    s = sub.add_parser("matrix", help="the variant matrix for a CI system to fan out builds")
+    s = command_parser("matrix", help="the variant matrix for a CI system to fan out builds")
     s.add_argument("--format", choices=("github", "json"), default="json")
+    s.add_argument("--locked-only", action="store_true",
+                   help="only the variants whose lock files exist (the ones a build can start from)")
     s.set_defaults(func=cmd_matrix)
 
-    s = sub.add_parser("diff", help="explain how two images differ: config, then files per layer")
+    s = command_parser("diff", help="explain how two images differ: config, then files per layer")
     s.add_argument("image_a", metavar="IMAGE_A")
     s.add_argument("image_b", metavar="IMAGE_B")
     s.add_argument("--limit", type=int, default=40, help="paths shown per layer (default: %(default)s)")
     s.set_defaults(func=cmd_diff)
 
-    s = sub.add_parser("audit", help="what in a built image has a published fix it lacks (Ubuntu pockets, "
+    s = command_parser("audit", help="what in a built image has a published fix it lacks (Ubuntu pockets, "
                                      "Python advisories); exit 0 clean, 1 findings, 2 a source not checked")
     s.add_argument("target", metavar="VARIANT|IMAGE")
     s.add_argument("--source", default=",".join(audit.SOURCES),

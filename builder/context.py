@@ -13,7 +13,7 @@ from pathlib import Path
 from builder import lock
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
-from builder.render import IMAGES, TEMPLATES
+from builder.render import TEMPLATES, images_dir
 
 SELFTEST = ROOT / "selftest"
 ROOTFS = TEMPLATES / "rootfs"
@@ -52,7 +52,7 @@ def _tree(src: Path) -> list[Path]:
 
 def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
     """A deterministic tar (sorted, fixed times and owners) so the layer cache sees only real changes."""
-    rendered = IMAGES / variant.name
+    rendered = images_dir(variant.manifest) / variant.name
     dockerfile = rendered / "Dockerfile"
     if not dockerfile.exists():
         raise UserError(f"{dockerfile} is missing: run `python build.py render {variant.name}`")

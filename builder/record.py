@@ -31,6 +31,7 @@ import jsonschema
 from builder.engine import Engine
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
+from builder.render import images_dir
 
 SCHEMA = ROOT / "manifests" / "record.schema.json"
 RECORDS = ROOT / "build" / "records"
@@ -106,7 +107,7 @@ def lock_files(variant: Variant) -> list[Path]:
 
 
 def inputs(variant: Variant) -> dict[str, Any]:
-    rendered = ROOT / "images" / variant.name
+    rendered = images_dir(variant.manifest) / variant.name
     files = sorted(p for p in rendered.rglob("*") if p.is_file()) if rendered.is_dir() else []
     missing = [shown(p) for p in lock_files(variant) if not p.exists()]
     if missing:

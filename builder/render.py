@@ -119,6 +119,14 @@ def render_variant(variant: Variant) -> dict[str, str]:
             "image.json": json.dumps(image_info, indent=2, sort_keys=True) + "\n"}
 
 
+def images_dir(m: Manifest) -> Path:
+    """Where a manifest's rendered images go: images/ for this repository's manifests, else images/
+    beside the manifest, so rendering another manifest never overwrites this repository's images."""
+    if m.path.resolve().parent == (ROOT / "manifests").resolve():
+        return IMAGES
+    return m.path.resolve().parent / "images"
+
+
 def render_all(manifest: Manifest) -> dict[str, dict[str, str]]:
     return {name: render_variant(v) for name, v in manifest.variants().items()}
 

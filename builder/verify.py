@@ -176,7 +176,9 @@ def check_shared_layers(e: Evidence) -> tuple[bool, str]:
     if e.variant.flavor == "runtime":
         return True, f"{len(e.layers)} layers (the base every flavor shares)"
     if e.runtime_layers is None:
-        return False, "no runtime image of this CUDA build here to compare with: build it (`build.py build runtime`)"
+        runtime = e.variant.sibling("runtime").name
+        return False, (f"no {runtime} image in the engine to compare with: build it "
+                       f"(`python build.py build {runtime}`)")
     shared = e.layers[:len(e.runtime_layers)] == e.runtime_layers
     return shared, (f"starts with runtime's {len(e.runtime_layers)} layers, adds {len(e.layers) - len(e.runtime_layers)}"
                     if shared else "does not start with runtime's layers: the flavor re-created them")
