@@ -118,7 +118,10 @@ def inputs(variant: Variant) -> dict[str, Any]:
 
 def _git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+        # safe.directory: a user building from a checkout someone else owns (a CI runner's docker
+        # group user, say) reads the same commit; git refuses such a repository otherwise
+        proc = subprocess.run(["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT), *args],
+                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None

@@ -254,3 +254,22 @@ def test_a_broken_audit_block_is_named(runtime, mutate, key):
     with pytest.raises(UserError) as caught:
         make(runtime, audit=block)
     assert f"key {key}:" in str(caught.value)
+
+
+def test_the_revision_label_is_the_same_for_a_user_who_does_not_own_the_checkout():
+    """git refuses a repository another user owns ("dubious ownership"); the revision, an input of
+    the image ID, must not turn into `unknown` for a CI runner's docker-group user."""
+    import os
+    import subprocess
+    import sys
+
+    from builder import record
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to run as another user (CI runs as root)")
+    mine = record.source_revision()
+    assert mine != "unknown"
+    theirs = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                             "from builder import record; print(record.source_revision())"],
+                            capture_output=True, text=True, cwd=record.ROOT, env={"HOME": "/tmp", "PATH": os.environ["PATH"]})
+    assert theirs.stdout.strip() == mine, theirs.stderr
