@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import tomllib
@@ -133,7 +134,10 @@ IMAGE_SOURCES = ("manifests", "templates", "selftest", "images")
 
 def source_revision() -> str:
     """The commit an image is built from, for its org.opencontainers.image.revision label:
-    `<commit>-dirty` when the image's sources differ from it, `unknown` outside a git checkout."""
+    `<commit>-dirty` when the image's sources differ from it, `unknown` outside a git checkout.
+    A build from an export without .git (a source tarball) names its commit in SOURCE_REVISION."""
+    if os.environ.get("SOURCE_REVISION"):
+        return os.environ["SOURCE_REVISION"]
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return "unknown"

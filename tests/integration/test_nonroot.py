@@ -68,8 +68,9 @@ def builder_user():
 
 
 def as_user(base: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    # the copy of the checkout has no .git: it names root's revision as an exported source tree would
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(base / "home"), "PYTHONPATH": str(base / "site"),
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", "SOURCE_REVISION": record.source_revision()}
     proc = subprocess.run(["setpriv", "--reuid", USER, "--regid", USER, "--init-groups",
                            "/usr/bin/python3", "build.py", *args], cwd=base / "repo", env=env,
                           capture_output=True, text=True, timeout=timeout)
