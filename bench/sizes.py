@@ -48,7 +48,7 @@ def main() -> int:
     m = manifest.load()
     sizes: dict[str, int] = {}
     for flavor in ("runtime", "devel", "jupyter", "ssh", "workstation"):
-        built = pipeline.build_and_tag(c, m.variant(flavor), quiet=True)
+        built = pipeline.build_and_tag(c, m.variant(flavor), repository="pytorch-cuda-bench", quiet=True)
         sizes[flavor] = c.size(built.image_id)
         if flavor == "runtime":
             runtime_id = built.image_id

@@ -298,33 +298,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         auth = {"username": args.username, "password": password}
     c = engine.connect()
     require_image(c, m, args.target, image)
-    try:
-        release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
-                     latest=args.latest)
-    except UserError as exc:
-        if "`python build.py build" not in str(exc):
-            raise
-        raise UserError(with_variant(str(exc), m, variant_in(c, m, args.target, image))) from None
+    release.push(c, image, args.registry, records_dir=args.records, quiet=args.quiet, auth_config=auth,
+                 latest=args.latest)
     return 0
-
-
-def variant_in(c: engine.Engine, m: manifest.Manifest, target: str, image: str) -> str | None:
-    """The manifest's variant an image is: the target itself, or its pytorch-cuda.variant label."""
-    if target in m.variants():
-        return target
-    label = (c.run_config(image).get("Labels") or {}).get("pytorch-cuda.variant")
-    return label if label in m.variants() else None
-
-
-def with_variant(message: str, m: manifest.Manifest, variant: str | None) -> str:
-    """A hint from the release modules with its build command naming the variant: a bare
-    `python build.py build` builds the default variant, which may be another image."""
-    real = (f"`{command(m, 'build', variant)}`" if variant else
-            f"`{command(m, 'build')}` followed by one of the variants ({', '.join(m.variants())})")
-    for generic in ("python build.py build VARIANT", "python build.py build"):
-        if f"`{generic}`" in message:
-            return message.replace(f"`{generic}`", real)
-    return message
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -277,12 +277,14 @@ def find_record(records_dir: Path, image_id: str) -> dict[str, Any] | None:
     return None if path is None else load_record(path)
 
 
-def push_refusal(record: dict[str, Any] | None) -> str | None:
-    """Why an image must not be pushed (None when it may)."""
+def push_refusal(record: dict[str, Any] | None, variant: str | None = None) -> str | None:
+    """Why an image must not be pushed (None when it may); the remedy builds the image's variant
+    (its pytorch-cuda.variant label), since a bare `build` builds the default one."""
+    build = f"`python build.py build {variant}`" if variant else "`python build.py build` with the image's variant"
     if record is None:
-        return "it has no build record: build it with `python build.py build` (which verifies and records it)"
+        return f"it has no build record: build it with {build} (which verifies and records it)"
     if not record["checks"]:
-        return "verification was skipped when it was built (--skip-verify): run `python build.py build` without it"
+        return f"verification was skipped when it was built (--skip-verify): run {build} without it"
     failed = [c["id"] for c in record["checks"] if not c["ok"]]
     if failed:
         return f"its build record shows failed checks: {', '.join(failed)}"

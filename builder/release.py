@@ -97,7 +97,8 @@ def build_sbom_of(c: Engine, image: str, records_dir: Path) -> Path:
         path = Path(records_dir) / f"{labels['pytorch-cuda.variant']}-{digest[:12]}.cdx.json"
     else:
         raise UserError(f"{image} has no build record or SBOM label to find its SBOM by under {records_dir}: "
-                        f"give --records DIR where it was built, or build it with `python build.py build`")
+                        f"give --records DIR where it was built, or build it with "
+                        f"`{' '.join(filter(None, ('python build.py build', labels.get('pytorch-cuda.variant'))))}`")
     if not path.is_file():
         raise UserError(f"the SBOM of {image} is not at {path}: give --records DIR where it was built")
     if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
@@ -144,10 +145,11 @@ def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECOR
          quiet: bool = False, auth_config: dict | None = None, latest: bool = False) -> dict[str, str]:
     """Push every tag of a verified image to HOST[:PORT]/NAMESPACE, pull it back by digest, record it."""
     if not c.image_exists(image):
-        raise UserError(f"no image {image} in the engine: build it first (`python build.py build VARIANT`)")
+        raise UserError(f"no image {image} in the engine: build its variant first "
+                        f"(`python build.py list` names them)")
     image_id = c.image_id(image)
     rec = record.find_record(records_dir, image_id)
-    refusal = record.push_refusal(rec)
+    refusal = record.push_refusal(rec, (c.run_config(image).get("Labels") or {}).get("pytorch-cuda.variant"))
     if refusal:
         raise UserError(f"refusing to push {image} ({image_id[:19]}): {refusal}. Nothing was pushed.")
     host, namespace = registry.parse_registry(target)

@@ -17,12 +17,11 @@ from typing import Any, Callable, TextIO
 
 from packaging.version import Version
 
-from builder import aptlock, engine
+from builder import aptlock, engine, lock, render
 from builder import facts, hygiene, services, tags
 from builder.engine import Engine
 from builder.errors import BuildFailed
 from builder.manifest import ROOT, Manifest, Variant
-from builder import render
 from builder.render import common_labels
 
 
@@ -153,7 +152,7 @@ def check_user_installs(e: Evidence) -> tuple[bool, str]:
     wrong = []
     if not (found.get("site_packages_writable") and found.get("bin_writable")):
         wrong.append("the venv is not writable by the image's user: pip install would fail")
-    missing = [n for n in ("torch", "torchvision", "torchaudio", "triton") if n not in found.get("pinned", [])]
+    missing = [n for n in lock.IMAGE_PINNED if n not in found.get("pinned", [])]
     if missing or not any(n.startswith("nvidia-") for n in found.get("pinned", [])):
         wrong.append(f"PIP_CONSTRAINT={e.facts['env'].get('PIP_CONSTRAINT')} does not pin "
                      f"{', '.join(missing) or 'the NVIDIA wheels'}")
