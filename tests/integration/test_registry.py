@@ -259,7 +259,7 @@ def test_nothing_listening_fails_after_the_last_retry(images, docker_client, cap
 
 
 def test_an_unknown_image_is_a_user_error(docker_client):
-    with pytest.raises(UserError, match="build its variant first"):
+    with pytest.raises(UserError, match="in the engine: build it first"):
         registry.push(docker_client, "sha256:" + "0" * 64, ["x:y"], HOST, "team", quiet=True)
 
 
