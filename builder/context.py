@@ -9,6 +9,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 from builder import lock
 from builder.errors import UserError
@@ -67,6 +68,8 @@ def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
             _add(tar, name, (rendered / name).read_bytes(), 0o644, epoch)
         for layer, path in locks.items():
             _add(tar, f"{layer}.lock", path.read_bytes(), 0o644, epoch)
+        for group, text in lock.split(locks["runtime"].read_text(), variant.manifest.venv_layers).items():
+            _add(tar, f"venv-{group}.lock", text.encode(), 0o644, epoch)
         _add(tar, "constraints.txt", lock.constraints(locks["runtime"]).encode(), 0o644, epoch)
         _add(tar, "build-ca.pem", ca_bundle.read_bytes() if ca_bundle else b"", 0o600, epoch)
         for top, prefix in ((SELFTEST, "selftest"), (ROOTFS, "rootfs"), (BUILD_SCRIPTS, "build")):
@@ -75,3 +78,19 @@ def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
                 _add(tar, f"{prefix}/{path.relative_to(top).as_posix()}", path.read_bytes(), mode, epoch)
     buf.seek(0)
     return buf
+
+
+def edited(buf: io.BytesIO, edits: dict[str, Callable[[str], str]]) -> io.BytesIO:
+    """A build context with some files changed as a user's edit would change them (name → edit);
+    the benchmarks and tests measure what such an edit rebuilds."""
+    src = tarfile.open(fileobj=buf)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name in edits:
+                data = edits[member.name](data.decode()).encode()
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    out.seek(0)
+    return out

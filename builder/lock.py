@@ -5,6 +5,7 @@ and only list of what goes into the venv; resolving happens here, on the host, o
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -82,6 +83,19 @@ def blocks(text: str) -> list[tuple[str, str]]:
         elif entries:
             entries[-1] = (entries[-1][0], entries[-1][1] + line)
     return entries
+
+
+def split(text: str, groups: dict[str, list[str]]) -> dict[str, str]:
+    """runtime's lock as one lock per venv layer: each entry goes to the first group it matches.
+
+    Each group installs from its own part, so a lock bump changes only that group's build step.
+    A group that matches nothing gets an empty lock (a header only) and an empty layer.
+    """
+    parts = {name: HEADER + f"# venv layer: {name}\n" for name in groups}
+    for package, lines in blocks(text):
+        parts[next(name for name, patterns in groups.items()
+                   if any(fnmatch.fnmatchcase(package, p) for p in patterns))] += lines
+    return parts
 
 
 def lock(variant: Variant, layer: str = "runtime", quiet: bool = False) -> Path:

@@ -78,6 +78,11 @@ class Manifest:
         return self.data["user"]
 
     @property
+    def venv_layers(self) -> dict[str, list[str]]:
+        """Group name → the package-name patterns of runtime's venv layer it makes."""
+        return {group["name"]: group["packages"] for group in self.data["venv_layers"]}
+
+    @property
     def cudas(self) -> dict[str, Cuda]:
         return {key: Cuda(key=key, **value) for key, value in self.data["cuda"].items()}
 
@@ -286,6 +291,12 @@ def check_references(path: Path, data: dict[str, Any]) -> None:
                                 f"flavor under `flavors`")
         if name != "runtime" and "from" not in spec:
             raise UserError(f"{path}: key flavors.{name}: add `from: runtime` (or another flavor) to say what it builds on")
+    groups = [group["name"] for group in data["venv_layers"]]
+    if len(set(groups)) != len(groups):
+        raise UserError(f"{path}: key venv_layers: the group names {groups} repeat; give each group its own name")
+    if "*" not in data["venv_layers"][-1]["packages"]:
+        raise UserError(f"{path}: key venv_layers: the last group ({groups[-1]!r}) must list \"*\" so every "
+                        f"locked package has a layer; add \"*\" to its packages")
     if data["default_variant"] not in flavors:
         raise UserError(f"{path}: key default_variant: {data['default_variant']!r} is not a "
                         f"flavor under `flavors` ({', '.join(flavors)})")

@@ -100,6 +100,7 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "image_refs": {f: f"{m.name}:{full_tag(expected_versions(variant), f)}" for f in flavors},
         "stages": stages(variant),
         "layers": variant.python_layers()[1:],
+        "venv_layers": list(m.venv_layers),
         # every .deb a flavor's apt step installs: name, version, sha256, pool path (the apt lock)
         "apt_pins": aptlock.flavor_pins(variant),
         "debs_url": debserver.url(),  # where a flavor's build fetches its pinned .debs (builder/debserver.py)

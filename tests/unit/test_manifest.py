@@ -148,3 +148,16 @@ def test_flavor_composition_from_the_manifest():
     assert workstation.python_layers() == ["runtime", "devel", "jupyter"]
     assert m.variant("ssh-cu126").sibling("runtime").name == "runtime-cu126"
     assert "nvidia-cuda-nvcc-cu12==12.8.93" in m.variant("devel").requirements("devel")
+
+
+def test_the_last_venv_layer_must_take_every_other_package(tmp_path):
+    def edit(data):
+        data["venv_layers"][-1]["packages"] = ["numpy"]
+    message = error_for(tmp_path, edit)
+    assert "key venv_layers" in message and 'must list "*"' in message
+
+
+def test_venv_layer_names_must_not_repeat(tmp_path):
+    def edit(data):
+        data["venv_layers"][0]["name"] = data["venv_layers"][1]["name"]
+    assert "repeat" in error_for(tmp_path, edit)
