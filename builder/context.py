@@ -14,6 +14,7 @@ from typing import Callable
 from builder import lock
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
+from builder import render
 from builder.render import TEMPLATES, images_dir
 
 SELFTEST = ROOT / "selftest"
@@ -64,7 +65,7 @@ def build_context(variant: Variant, ca_bundle: Path | None) -> io.BytesIO:
     epoch = variant.manifest.source_date_epoch
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in ("Dockerfile", "image.json"):
+        for name in ("Dockerfile", render.BUILDKIT_DOCKERFILE, "image.json"):
             _add(tar, name, (rendered / name).read_bytes(), 0o644, epoch)
         for layer, path in locks.items():
             _add(tar, f"{layer}.lock", path.read_bytes(), 0o644, epoch)

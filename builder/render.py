@@ -21,6 +21,7 @@ from builder.normalize import BUILD_VARYING
 TEMPLATES = ROOT / "templates"
 IMAGES = ROOT / "images"
 DOCKERFILE_TEMPLATE = "Dockerfile.j2"
+BUILDKIT_DOCKERFILE = "Dockerfile.buildkit"  # beside Dockerfile in images/<variant>/
 PYPI = "https://pypi.org/simple"
 
 
@@ -111,12 +112,15 @@ def render_variant(variant: Variant) -> dict[str, str]:
         "apt_clean": " ".join("/" + p for p in ("var/lib/apt/lists/*", *BUILD_VARYING)),
     }
     try:
-        dockerfile = env.get_template(DOCKERFILE_TEMPLATE).render(context)
+        dockerfile = env.get_template(DOCKERFILE_TEMPLATE).render(context, buildkit=False)
+        buildkit = env.get_template(DOCKERFILE_TEMPLATE).render(context, buildkit=True)
     except jinja2.TemplateNotFound as exc:
         raise UserError(f"template {TEMPLATES / exc.name} is missing; restore it from git "
                         f"(git checkout -- templates/) or add it") from None
     image_info = {"labels": common_labels(variant), "gpu_hour_usd": m.data["gpu_hour_usd"]}
-    return {"Dockerfile": dockerfile,
+    # one template, two renderings: the classic builder's, and BuildKit's with the build CA as a
+    # secret and pip's cache as a cache mount (the classic builder knows neither)
+    return {"Dockerfile": dockerfile, BUILDKIT_DOCKERFILE: buildkit,
             "image.json": json.dumps(image_info, indent=2, sort_keys=True) + "\n"}
 
 

@@ -7,7 +7,9 @@ is a recorded fixture in the unit tests.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +79,29 @@ def buildx_available() -> bool:
     return shutil.which("docker-buildx") is not None
 
 
+def _cli_major(cli: str) -> int:
+    """`docker --version`'s major version (it asks no engine); 0 when it does not answer."""
+    try:
+        out = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=20).stdout
+        return int(re.search(r"version (\d+)\.", out).group(1))  # type: ignore[union-attr]
+    except (OSError, subprocess.SubprocessError, AttributeError, ValueError):
+        return 0
+
+
+def buildkit_command() -> tuple[list[str], dict[str, str]] | None:
+    """How a BuildKit build is driven from here (argv before the build's options, extra
+    environment), or None: `docker buildx build --load` where the buildx plugin is installed,
+    else a docker CLI older than 23, whose `docker build` has BuildKit built in (Debian's and
+    Ubuntu's Docker 20.10 packages: DOCKER_BUILDKIT=1). Docker 23+ CLIs without buildx have none."""
+    clis = list(dict.fromkeys(c for c in (shutil.which("docker"), "/usr/bin/docker") if c and os.access(c, os.X_OK)))
+    if clis and buildx_available():
+        return [clis[0], "buildx", "build", "--load"], {}
+    for cli in clis:
+        if 18 <= _cli_major(cli) < 23:
+            return [cli, "build"], {"DOCKER_BUILDKIT": "1"}
+    return None
+
+
 def probe(info: dict[str, Any], version: dict[str, Any], docker_host: str, requested: str = "auto", *,
           readable: Callable[[Path], bool] = _default_readable, buildx: bool | None = None) -> EngineInfo:
     """Decide how layers are read. ``requested`` is the user's --layer-source; a forced ``store``
@@ -118,5 +143,5 @@ def probe(info: dict[str, Any], version: dict[str, Any], docker_host: str, reque
     return EngineInfo(
         docker_host=docker_host, server_version=server, api_version=str(version.get("ApiVersion") or ""),
         storage_driver=driver, image_store=store_kind, data_root=data_root, local=local, rootless=rootless,
-        buildkit=modern and (buildx_available() if buildx is None else buildx), store_readable=fast,
+        buildkit=(buildkit_command() is not None if buildx is None else buildx), store_readable=fast,
         layer_source=source, layer_source_reason=reason, layer_source_requested=requested)
