@@ -13,6 +13,7 @@ written.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from builder.normalize import layer, paths
-from builder.normalize.tarformat import BLOCK, CHUNK, END, REG, NormalizeError, tar_header
+from builder.normalize.tarformat import BLOCK, CHUNK, EMPTY_LAYER_DIGEST, END, REG, NormalizeError, tar_header
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,45 @@ class NormalizeReport:
 
     @property
     def diff_ids(self) -> tuple[str, ...]:
-        return tuple(layer.diff_id for layer in self.layers)
+        """The normalized image's layers (the dropped empty ones are not among them)."""
+        return tuple(layer.diff_id for layer in self.layers if not layer.dropped)
 
 
-_CONTENT_HASH = re.compile(r"\b(dir|file|multi):[0-9a-f]{64}\b")
+_CLASSIC_NOP = re.compile(r"^/bin/sh -c #\(nop\)\s+")
+_BUILDKIT_MARK = " # buildkit"
+_CLASSIC_COPY_DEST = re.compile(r" in (?P<dest>\S+) ?$")  # "[--chown=u:g]dir:<hash> in <dest> "
+
+
+def canonical_step(created_by: str, diff_hex: str | None) -> str:
+    """One spelling of a Dockerfile step in history, whichever builder wrote it, so the classic
+    builder and BuildKit give one config (one image ID).
+
+    The builders agree on RUN's command (``|N ARG=v /bin/sh -c …``), so it is kept, as ``RUN …``.
+    They disagree on the rest: the classic builder writes ``/bin/sh -c #(nop) COPY dir:<hash of
+    the context with mtimes> in /dest``, BuildKit ``COPY src /dest # buildkit``; ``EXPOSE 22
+    8888`` against ``EXPOSE map[22/tcp:{} …]``. A COPY or ADD becomes ``COPY sha256:<diff ID of
+    its layer> in /dest`` (content only); a step that only sets config keeps its keyword, its
+    values are in the config. Anything else (an import's empty entry) is kept as it is.
+    """
+    classic = _CLASSIC_NOP.match(created_by)
+    if created_by.endswith(_BUILDKIT_MARK):
+        step = created_by[: -len(_BUILDKIT_MARK)]
+    elif classic:
+        step = created_by[classic.end():]
+    elif created_by.startswith(("/bin/sh -c ", "|")):
+        return "RUN " + created_by  # the classic builder's RUN
+    elif re.match(r"^[A-Z]+( |$)", created_by):
+        step = created_by  # BuildKit's config-only steps carry no mark
+    else:
+        return created_by
+    keyword, _, rest = step.partition(" ")
+    if keyword == "RUN":
+        return step
+    if keyword in ("COPY", "ADD"):
+        found = _CLASSIC_COPY_DEST.search(rest) if classic else None
+        dest = found.group("dest") if found else (rest.split() or [""])[-1]
+        return f"{keyword} sha256:{diff_hex} in {dest}" if diff_hex else f"{keyword} in {dest}"
+    return keyword
 
 
 def rfc3339(epoch: int) -> str:
@@ -55,12 +91,15 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int) -> bytes:
+def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int,
+                     dropped: Iterable[int] = ()) -> bytes:
     """Return the canonical config bytes (their sha256 is the image ID).
 
-    ``COPY dir:<hash>``/``file:<hash>`` in history hash the build context *with* mtimes; the
-    hash is replaced by the hex of the diff ID of the layer the step made (content only), or
-    dropped when history and layers do not line up.
+    ``diff_ids``: one per source layer, normalized; ``dropped``: the indexes of those left out
+    of the image (empty layers): their history entries become empty_layer ones.
+
+    History is written in one spelling whichever builder made the image (``canonical_step``);
+    a COPY names the diff ID of the layer it made when history and layers line up.
 
     The run config keeps only fields with a value: Docker's classic image store writes every
     container-config field, zero ones included (``"Tty": false``, ``"Domainname": ""``,
@@ -74,10 +113,13 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
     cfg["created"] = created
     run = cfg.get("config")
     if isinstance(run, dict):
-        for key in ("Hostname", "Image"):  # the build container's name, the builder's intermediate image
+        # the build container's name, the builder's intermediate image; BuildKit's ArgsEscaped
+        # (a Windows matter: Linux never reads it; the classic builder does not write it)
+        for key in ("Hostname", "Image", "ArgsEscaped"):
             run.pop(key, None)
         for key in [k for k, v in run.items() if v is None or v is False or v == ""]:  # 0 is a value
             run.pop(key)
+    dropped = set(dropped)
     history = cfg.get("history")
     if isinstance(history, list):
         layered = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")]
@@ -87,16 +129,16 @@ def normalize_config(config: dict[str, Any], diff_ids: Sequence[str], epoch: int
             if not isinstance(h, dict):
                 continue
             h["created"] = created
+            if str(h.get("comment", "")).startswith("buildkit."):  # "buildkit.dockerfile.v0": the builder's name
+                del h["comment"]
+            i = layer_of.get(id(h)) if lined_up else None
+            if i in dropped:
+                h["empty_layer"] = True
             by = h.get("created_by")
             if isinstance(by, str):
-                i = layer_of.get(id(h))
-                if lined_up and i is not None:
-                    hexid = diff_ids[i].split(":", 1)[-1]
-                    by = _CONTENT_HASH.sub(lambda m: f"{m.group(1)}:{hexid}", by)
-                else:
-                    by = _CONTENT_HASH.sub(lambda m: m.group(1), by)
-                h["created_by"] = by
-    cfg["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+                made = diff_ids[i].split(":", 1)[-1] if i is not None and i not in dropped else None
+                h["created_by"] = canonical_step(by, made)
+    cfg["rootfs"] = {"type": "layers", "diff_ids": [d for i, d in enumerate(diff_ids) if i not in dropped]}
     return canonical_json(cfg)
 
 
@@ -129,6 +171,10 @@ def normalize_image(
     (``docker load`` never opens a layer file whose chain it has), which is what makes a
     flavor's normalization cost its own layers only.
 
+    A layer with no entries at all is left out (its history entry becomes an empty_layer one):
+    builders disagree on when they make one (BuildKit's WORKDIR of an existing directory makes
+    an empty layer, the classic builder's makes none), and it carries nothing.
+
     ``on_layer(index, diff_id, files)`` is called after each layer written, with its entries as
     :data:`LayerFile` (data offsets point into that layer's file): a scan can read the layer's
     files without a second ``docker save``.
@@ -157,13 +203,17 @@ def normalize_image(
     reports: list[layer.LayerReport] = []
     names: list[str] = []
     for i, (f, offset, size) in enumerate(layers):
-        path = f"{i}/layer.tar"
-        known = reuse(str(source_diff_ids[i]), [r.diff_id for r in reports]) if reuse else None
-        if known:
+        path = f"{len(names)}/layer.tar"  # the image's layers, dropped ones not counted
+        known = reuse(str(source_diff_ids[i]), [r.diff_id for r in reports if not r.dropped]) if reuse else None
+        if known and known != EMPTY_LAYER_DIGEST:
             reports.append(layer.LayerReport(str(source_diff_ids[i]), known, size, 0, 0, 0, 0, 0, reused=True))
             names.append(path)
             continue
         plan = layer.plan_layer(f, offset, size, epoch, rules)
+        if not plan.entries:
+            reports.append(dataclasses.replace(layer.layer_report(str(source_diff_ids[i]), EMPTY_LAYER_DIGEST,
+                                                                  size, plan), dropped=True))
+            continue
         yield from put(_outer_header(path, plan.out_size, epoch))
         digest = hashlib.sha256()
         n = 0
@@ -184,7 +234,8 @@ def normalize_image(
                                                   e.type == REG, e.size, e.offset) for e in plan.entries])
         del plan
 
-    config = normalize_config(source, [r.diff_id for r in reports], epoch)
+    config = normalize_config(source, [r.diff_id for r in reports], epoch,
+                              dropped=[i for i, r in enumerate(reports) if r.dropped])
     image_hex = hashlib.sha256(config).hexdigest()
     config_name = f"{image_hex}.json"
     manifest = canonical_json(

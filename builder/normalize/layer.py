@@ -40,6 +40,7 @@ class LayerReport:
     emptied: int  # regular files truncated (DEFAULT_EMPTY)
     removed_sample: tuple[str, ...] = ()  # up to 10 removed paths, sorted, for diagnostics
     reused: bool = False  # the engine already held this layer: not sent again
+    dropped: bool = False  # it held nothing: left out of the image (see normalize_image)
 
 
 

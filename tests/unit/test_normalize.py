@@ -632,11 +632,62 @@ def test_normalize_config() -> None:
     assert all(h["created"] == cfg["created"] for h in cfg["history"])
     assert not {"container", "container_config", "docker_version"} & set(cfg)
     assert cfg["config"] == {"Env": ["A=é"]}  # the build container's name and intermediate image gone
-    assert cfg["history"][1]["created_by"] == f"/bin/sh -c #(nop) COPY dir:{ids[1][7:]} in /app "
+    assert [h.get("created_by") for h in cfg["history"]] == [None, f"COPY {ids[1]} in /app", "CMD",
+                                                             "RUN /bin/sh -c echo hi > /x"]
     assert cfg["rootfs"] == {"type": "layers", "diff_ids": ids}
     # history that does not line up with layers: hash dropped, not guessed
     odd = N.normalize_config(raw_config([], "x", "cd" * 32), [], EPOCH)
-    assert b"COPY dir in /app" in odd
+    assert b'"COPY in /app"' in odd
+
+
+# One Dockerfile's steps as the classic builder and BuildKit (both Docker 20.10.24) wrote them in
+# history, newest last, with the layers' diff IDs where a step made one.
+CLASSIC_HISTORY = [
+    "/bin/sh -c #(nop) COPY file:65ce2b0dee42faa327fce3d35c63464e0c97a86e831d7d8b12dfc04bd11b3051 in /x ",
+    "/bin/sh -c #(nop) COPY --chown=1000:1000dir:06654aa53a4fa75df1710586831da36bc594e8f9f1847106def8a746a8db7272"
+    " in /opt/sub/ ",
+    "/bin/sh -c #(nop)  ENV A=1 B=two words",
+    "/bin/sh -c #(nop)  ARG REV=unknown",
+    "/bin/sh -c #(nop)  LABEL a=b rev=abc",
+    "|1 REV=abc /bin/sh -c echo $A > /y  && echo z",
+    "/bin/sh -c #(nop)  EXPOSE 22 8888",
+    '/bin/sh -c #(nop)  HEALTHCHECK &{["CMD" "/usr/local/bin/healthcheck"] "15s" "5s" "1m0s" \'\\x03\'}',
+    "/bin/sh -c #(nop) WORKDIR /home/user",
+    '/bin/sh -c #(nop)  CMD ["/bin/sh"]',
+]
+BUILDKIT_HISTORY = [
+    "COPY /x /x # buildkit",
+    "COPY sub/ /opt/sub/ # buildkit",
+    "ENV A=1 B=two words",
+    "ARG REV=unknown",
+    "LABEL a=b rev=abc",
+    "RUN |1 REV=abc /bin/sh -c echo $A > /y  && echo z # buildkit",
+    "EXPOSE map[22/tcp:{} 8888/tcp:{}]",
+    'HEALTHCHECK &{["CMD" "/usr/local/bin/healthcheck"] "15s" "5s" "1m0s" \'\\x03\'}',
+    "WORKDIR /home/user",
+    'CMD ["/bin/sh"]',
+]
+MADE_LAYER = [True, True, False, False, False, True, False, False, False, False]
+
+
+def test_the_classic_builder_and_buildkit_give_one_config() -> None:
+    ids = [sha(b"base"), sha(b"x"), sha(b"sub"), sha(b"y")]
+    configs = []
+    classic, buildkit = {"User": "1000:1000"}, {"User": "1000:1000", "ArgsEscaped": True}
+    for steps, run in ((CLASSIC_HISTORY, classic), (BUILDKIT_HISTORY, buildkit)):
+        raw = raw_config(ids, "2025-01-01T10:00:00Z", "ab" * 32)
+        raw["config"] = run
+        raw["history"] = [{"created": "x", "comment": "Imported from -"}] + [
+            {"created": "x", "created_by": by} | ({} if made else {"empty_layer": True})
+            | ({"comment": "buildkit.dockerfile.v0"} if steps is BUILDKIT_HISTORY else {})
+            for by, made in zip(steps, MADE_LAYER)]
+        configs.append(N.normalize_config(raw, ids, EPOCH))
+    assert configs[0] == configs[1]
+    cfg = json.loads(configs[0])
+    assert cfg["config"] == {"User": "1000:1000"}
+    assert [h.get("created_by") for h in cfg["history"]] == [
+        None, f"COPY {ids[1]} in /x", f"COPY {ids[2]} in /opt/sub/", "ENV", "ARG", "LABEL",
+        "RUN |1 REV=abc /bin/sh -c echo $A > /y  && echo z", "EXPOSE", "HEALTHCHECK", "WORKDIR", "CMD"]
 
 
 def test_the_classic_and_the_containerd_image_store_give_one_config() -> None:
@@ -737,7 +788,7 @@ def test_saved_image_normalizes_to_a_content_only_id(tmp_path: Path) -> None:
     assert manifest == [
         {
             "Config": rep_a.image_id[7:] + ".json",
-            "Layers": ["0/layer.tar", "1/layer.tar", "2/layer.tar", "3/layer.tar"],
+            "Layers": ["0/layer.tar", "1/layer.tar"],  # the two empty layers left out
             "RepoTags": None,
         }
     ]
@@ -745,7 +796,10 @@ def test_saved_image_normalizes_to_a_content_only_id(tmp_path: Path) -> None:
     assert config == rep_a.config and sha(config) == rep_a.image_id
     layers = [tf.extractfile(p).read() for p in manifest[0]["Layers"]]
     assert [sha(x) for x in layers] == list(rep_a.diff_ids) == json.loads(config)["rootfs"]["diff_ids"]
-    assert rep_a.diff_ids[1] == rep_a.diff_ids[3] == N.EMPTY_LAYER_DIGEST
+    assert [r.dropped for r in rep_a.layers] == [False, True, False, True]
+    assert N.EMPTY_LAYER_DIGEST not in rep_a.diff_ids
+    history = json.loads(config)["history"]
+    assert [bool(h.get("empty_layer")) for h in history] == [False, True, True, False, True]
     first = rep_a.layers[0]
     assert (first.removed, first.emptied) == (2, 1)
     assert set(first.removed_sample) == {"app/__pycache__/main.cpython-312.pyc", "var/log/dpkg.log"}
