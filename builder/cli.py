@@ -136,7 +136,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     variant = m.variant(args.variant or m.data["default_variant"])
     pipeline.check_buildable(variant)
     c = engine.connect(args.layer_source)
-    options = dict(repository=args.repository, ca_bundle=args.ca_bundle, quiet=args.quiet)
+    options = dict(repository=args.repository, ca_bundle=args.ca_bundle, quiet=args.quiet, backend=args.backend)
     if args.check_reproducible:
         first, built = pipeline.check_reproducible(c, variant, **options)
         if first.image_id != built.image_id:
@@ -188,7 +188,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ("storage", f"{i.storage_driver or 'unknown'} driver, {i.image_store} image store"),
             ("layers", f"read from the {'engine store' if i.layer_source == 'store' else 'image archive (docker save)'}"),
             ("", i.layer_source_reason),
-            ("buildkit", "yes (buildx plugin and Docker 23+)" if i.buildkit else "no: the classic builder is used")]
+            ("buildkit", "yes: `build --backend buildkit` (or auto) builds through the docker CLI" if i.buildkit
+             else "no (no buildx plugin, no docker CLI older than 23): only the classic builder")]
     free = engine.free_bytes(i)
     rows.append(("disk", f"{free / 1e9:.1f} GB free in {i.data_root}" if free is not None
                  else f"unknown (the data root {i.data_root or '?'} is not visible to the builder)"))
@@ -396,6 +397,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
                    help="how normalization reads the built layers: the engine's store, the image archive "
                         "(docker save), or auto: the store where it is local and readable (default)")
+    s.add_argument("--backend", choices=engine.BACKENDS, default="classic",
+                   help="the builder: classic (the engine's API), buildkit (the docker CLI: the build CA as a "
+                        "secret, pip's downloads in a cache mount, stages in parallel) or auto: buildkit where "
+                        "the CLI can drive it; all give one image ID (default: %(default)s)")
     s.add_argument("--check-reproducible", action="store_true",
                    help="build twice from a cleared cache (base bootstrap included); exit 1 unless the IDs match")
     s.add_argument("--quiet", action="store_true", help="no build output unless a step fails")

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, record, rewrite, tags
+from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, record, render, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
-from builder.engine import Engine
+from builder.engine import BACKENDS, Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Variant
 
@@ -31,6 +31,7 @@ class Built:
     seconds: dict = field(default_factory=dict)  # base (bootstrap), build, normalize (and its parts)
     runtime_id: str = ""  # a flavor's runtime stage, built on the way: the layers it must share
     layer_source: str = ""  # where normalization read the layers: "store" or "archive" ("" if cached)
+    backend: str = ""  # the builder that made the raw image: "classic" or "buildkit"
 
 
 def _known_layers_path() -> Path:
@@ -114,27 +115,48 @@ def flavor_debs(variant: Variant) -> list[tuple[aptlock.Pin, Path]]:
     return aptlock.fetch_debs(sorted(pins, key=lambda p: p.name), aptlock.mirror(variant.manifest)) if pins else []
 
 
+def choose_backend(c: Engine, requested: str) -> str:
+    """auto: BuildKit where the docker CLI here can drive it for this engine, else classic; both
+    give one image ID (the normalizer makes it so), BuildKit builds groups in parallel, keeps the
+    build CA out of every layer as a secret and pip's downloads in a cache mount."""
+    if requested not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
+    if requested == "buildkit" and not c.info.buildkit:
+        raise UserError("--backend buildkit: no BuildKit client here for this engine (it needs the docker "
+                        "CLI's buildx plugin, or a docker CLI older than 23); use --backend classic or auto")
+    if requested == "auto":
+        return "buildkit" if c.info.buildkit else "classic"
+    return requested
+
+
 def build(c: Engine, variant: Variant, *, repository: str | None = None,
-          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False) -> Built:
+          ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False,
+          backend: str = "classic") -> Built:
     """Build, normalize and check one variant; nothing is tagged (see the module's docstring)."""
     check_buildable(variant)
+    backend = choose_backend(c, backend)
     runtime_id = ""
     if variant.flavor != "runtime":
         # Flavors are built on runtime's stage; building it (from cache) gives verify the image
         # whose layers the flavor must share. It stays untagged: it was not verified here.
         runtime_id = build(c, variant.sibling("runtime"), repository=repository, ca_bundle=ca_bundle,
-                           nocache=nocache, quiet=quiet).image_id
+                           nocache=nocache, quiet=quiet, backend=backend).image_id
     ca = context.find_ca_bundle(ca_bundle)
     debs = flavor_debs(variant)
     started = time.monotonic()
     ensure_base(c, variant, quiet=quiet)
     if not quiet:
-        print(f"building {variant.name} (CA bundle for the build stage: {ca or 'none'})", flush=True)
+        print(f"building {variant.name} with the {backend} builder "
+              f"(CA bundle for the build stages: {ca or 'none'})", flush=True)
     based_at = time.monotonic()
     with debserver.serving(c, variant.manifest.base_ref, debs) if debs else contextlib.nullcontext({}) as hosts:
-        raw_id = c.build(context.build_context(variant, ca), target=variant.flavor,
-                         nocache=nocache, quiet=quiet, extra_hosts=hosts,
-                         buildargs={"SOURCE_REVISION": record.source_revision()})
+        # BuildKit gets the CA as a secret, so its context carries none
+        secrets = {"build-ca": ca} if backend == "buildkit" and ca else {}
+        raw_id = c.build(context.build_context(variant, None if backend == "buildkit" else ca),
+                         target=variant.flavor, nocache=nocache, quiet=quiet, extra_hosts=hosts,
+                         buildargs={"SOURCE_REVISION": record.source_revision()}, backend=backend,
+                         dockerfile=render.BUILDKIT_DOCKERFILE if backend == "buildkit" else "Dockerfile",
+                         secrets=secrets)
     built_at = time.monotonic()
     image_id, config, parts, source = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),
@@ -154,7 +176,8 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
     if not quiet:
         print(f"built {image_id} (untagged until verified and recorded)", flush=True)
     return Built(variant=variant, image_id=image_id, refs=refs, facts=found, raw_id=raw_id,
-                 config=config, seconds=seconds, runtime_id=runtime_id, layer_source=source)
+                 config=config, seconds=seconds, runtime_id=runtime_id, layer_source=source,
+                 backend=backend)
 
 
 def build_and_tag(c: Engine, variant: Variant, **options) -> Built:

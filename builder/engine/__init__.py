@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import docker
@@ -27,13 +28,14 @@ import docker.auth
 import docker.errors
 
 from builder import cache
-from builder.engine import store
+from builder.engine import buildkit, store
 from builder.engine.probe import LAYER_SOURCES, EngineInfo, probe
 from builder.errors import BuildFailed, UserError
 from builder.normalize import Archive, config_digest, open_archive
 
-__all__ = ["LABEL_TEST", "LAYER_SOURCES", "Engine", "EngineInfo", "RunResult", "connect", "connection_lost"]
+__all__ = ["BACKENDS", "LABEL_TEST", "LAYER_SOURCES", "Engine", "EngineInfo", "RunResult", "connect", "connection_lost"]
 
+BACKENDS = ("auto", "classic", "buildkit")
 LABEL_TEST = "pytorch-cuda.test"  # containers the tests and verify start carry this label
 TAGGED: list[str] = []  # every tag this process wrote: an interrupt or a lost engine says so
 # The SDK's errors, for callers that must tell them apart (they import no docker module).
@@ -223,18 +225,27 @@ class Engine:
 
     def build(self, context: IO[bytes], *, target: str, nocache: bool = False, quiet: bool = False,
               out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None,
-              buildargs: dict[str, str] | None = None) -> str:
+              buildargs: dict[str, str] | None = None, dockerfile: str = "Dockerfile",
+              backend: str = "classic", secrets: dict[str, Path] | None = None) -> str:
         """Build from a tar context without tagging; returns the image ID.
 
         extra_hosts: name → address in the build containers' /etc/hosts (not in the image).
         buildargs: the Dockerfile's ARG values.
+        dockerfile: its name in the context.
+        backend: "classic" (the engine's API) or "buildkit" (the docker CLI, with ``secrets``:
+        id → file; the classic builder has no secrets).
 
         Output streams as the engine sends it (a torch install takes minutes and must show life);
         with quiet, the last lines are kept and shown only if a step fails.
         """
+        if backend == "buildkit":
+            return buildkit.build(context, docker_host=self.info.docker_host, dockerfile=dockerfile,
+                                  target=target, nocache=nocache, quiet=quiet, out=out, extra_hosts=extra_hosts,
+                                  buildargs=buildargs, secrets=secrets)
         tail: collections.deque[str] = collections.deque(maxlen=60)
         image_id = None
-        stream = self.client.api.build(fileobj=context, custom_context=True, target=target, nocache=nocache,
+        stream = self.client.api.build(fileobj=context, custom_context=True, dockerfile=dockerfile,
+                                       target=target, nocache=nocache,
                                        rm=True, forcerm=True, pull=False, decode=True, extra_hosts=extra_hosts,
                                        buildargs=buildargs)
         for chunk in stream:

@@ -30,7 +30,7 @@ class EngineInfo:
     data_root: str
     local: bool  # reached over a unix socket on this host
     rootless: bool
-    buildkit: bool
+    buildkit: bool  # a BuildKit build can be driven from here (buildkit_command)
     store_readable: bool
     layer_source: str  # "store" or "archive"
     layer_source_reason: str
@@ -103,9 +103,10 @@ def buildkit_command() -> tuple[list[str], dict[str, str]] | None:
 
 
 def probe(info: dict[str, Any], version: dict[str, Any], docker_host: str, requested: str = "auto", *,
-          readable: Callable[[Path], bool] = _default_readable, buildx: bool | None = None) -> EngineInfo:
+          readable: Callable[[Path], bool] = _default_readable, buildkit_client: bool | None = None) -> EngineInfo:
     """Decide how layers are read. ``requested`` is the user's --layer-source; a forced ``store``
-    that cannot work is still returned as such, with the reason (the caller refuses it)."""
+    that cannot work is still returned as such, with the reason (the caller refuses it).
+    ``buildkit_client``: whether a BuildKit build can be driven from here (default: look)."""
     if requested not in LAYER_SOURCES:
         raise ValueError(f"layer source must be one of {', '.join(LAYER_SOURCES)}, not {requested!r}")
     driver = str(info.get("Driver") or "")
@@ -136,12 +137,8 @@ def probe(info: dict[str, Any], version: dict[str, Any], docker_host: str, reque
     else:
         source, reason = "archive", "--layer-source archive: layers come through docker save"
     server = str(version.get("Version") or info.get("ServerVersion") or "")
-    try:
-        modern = int(server.split(".")[0]) >= 23
-    except ValueError:
-        modern = False
     return EngineInfo(
         docker_host=docker_host, server_version=server, api_version=str(version.get("ApiVersion") or ""),
         storage_driver=driver, image_store=store_kind, data_root=data_root, local=local, rootless=rootless,
-        buildkit=(buildkit_command() is not None if buildx is None else buildx), store_readable=fast,
+        buildkit=buildkit_command() is not None if buildkit_client is None else buildkit_client, store_readable=fast,
         layer_source=source, layer_source_reason=reason, layer_source_requested=requested)

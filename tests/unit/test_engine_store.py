@@ -148,7 +148,7 @@ def test_a_forced_store_that_does_not_hold_the_image_fails_and_auto_falls_back(t
     monkeypatch.setattr(Engine, "saved", fake_saved)
     for requested in ("store", "auto"):
         engine = Engine(client, probe(info, {"Version": "20.10.24"}, "unix:///var/run/docker.sock", requested,
-                                      readable=lambda _path: True, buildx=False))
+                                      readable=lambda _path: True, buildkit_client=False))
         assert engine.info.layer_source == "store"
         if requested == "store":
             with pytest.raises(BuildFailed, match="--layer-source store: the engine's store .* does not hold"):
