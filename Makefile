@@ -12,7 +12,7 @@ help:
 	@echo "make build-image [VARIANT=runtime]   build, tag and verify an image (default: the manifest's default)"
 	@echo "make test                            all tests (unit + integration against the real engine)"
 	@echo "make unit                            unit tests only (no engine)"
-	@echo "make bench                           benchmarks; results in bench/results/"
+	@echo "make bench                           benchmarks; results in bench/results/ (build.json: rows per engine and backend)"
 	@echo "make bench-sizes                     what each flavor and the workstation additions add; bench/results/build.json"
 	@echo "make bench-reproducible [RUNS=10]    double builds from a cleared cache; bench/results/reproducible.json"
 	@echo "make push REGISTRY=host:port/ns [VARIANT=…]  push a verified image, pull it back by digest"
@@ -61,6 +61,7 @@ unit: venv
 bench: venv engine tools
 	$(PY) bench/build.py
 	$(PY) bench/sizes.py
+	$(PY) bench/backends.py
 
 bench-sizes: venv engine tools
 	$(PY) bench/sizes.py
