@@ -34,22 +34,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from build import RESULTS, naive_context, timed  # noqa: E402  (bench/build.py)
 
-from builder import context, engine, lock, manifest, pipeline, record, registry, render  # noqa: E402
+from builder import context, engine, lock, manifest, pipeline, registry  # noqa: E402
+from builder.engine.buildlog import reinstalled  # noqa: E402
 
 REPOSITORY = "pytorch-cuda-bench"
 NAIVE = "pytorch-cuda-bench-naive"
-
-
-def reinstalled(build_log: str, backend: str, group: str) -> bool:
-    """Whether the build ran a venv group's install step rather than taking it from the cache."""
-    needle = f"install-layer venv-{group} "
-    if backend == "classic":
-        steps = [s for s in build_log.split("Step ")[1:] if needle in s.split("\n", 1)[0]]
-        return not steps or any("Using cache" not in s for s in steps)
-    # BuildKit's plain progress: "#12 [venv-torch 2/3] RUN … install-layer venv-torch …", then
-    # "#12 CACHED" for a step taken from the cache
-    steps = re.findall(rf"^(#\d+) \[[^\]]*\] RUN .*{re.escape(needle)}", build_log, flags=re.M)
-    return not steps or any(f"\n{step} CACHED" not in build_log for step in steps)
 
 
 def peak_rss_mb() -> float:
@@ -81,11 +70,7 @@ def lock_bump(c: engine.Engine, m: manifest.Manifest, backend: str) -> dict:
     edit = {f"venv-{group}.lock": lambda text: text.replace(lock.blocks(text)[-1][1], "")}
     log = io.StringIO()
     started = time.perf_counter()
-    raw_id = c.build(context.edited(context.build_context(variant, None if backend == "buildkit" else ca), edit),
-                     target="runtime", out=log, quiet=False, backend=backend,
-                     dockerfile=render.BUILDKIT_DOCKERFILE if backend == "buildkit" else "Dockerfile",
-                     secrets={"build-ca": ca} if backend == "buildkit" and ca else {},
-                     buildargs={"SOURCE_REVISION": record.source_revision()})
+    raw_id = pipeline.engine_build(c, variant, backend, ca=ca, edit=edit, out=log)
     image_id = pipeline.normalize(c, raw_id, m.source_date_epoch, quiet=True)[0]
     seconds = round(time.perf_counter() - started, 1)
     again = [g for g in m.venv_layers if reinstalled(log.getvalue(), backend, g)]

@@ -188,8 +188,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ("storage", f"{i.storage_driver or 'unknown'} driver, {i.image_store} image store"),
             ("layers", f"read from the {'engine store' if i.layer_source == 'store' else 'image archive (docker save)'}"),
             ("", i.layer_source_reason),
-            ("buildkit", "yes: `build --backend buildkit` (or auto) builds through the docker CLI" if i.buildkit
-             else "no (no buildx plugin, no docker CLI older than 23): only the classic builder")]
+            ("buildkit", "yes: `build` (backend auto) builds with BuildKit through the docker CLI" if i.buildkit
+             else "no (no buildx plugin, no docker CLI older than 23): `build` uses the classic builder")]
     free = engine.free_bytes(i)
     rows.append(("disk", f"{free / 1e9:.1f} GB free in {i.data_root}" if free is not None
                  else f"unknown (the data root {i.data_root or '?'} is not visible to the builder)"))
@@ -397,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-source", choices=engine.LAYER_SOURCES, default="auto",
                    help="how normalization reads the built layers: the engine's store, the image archive "
                         "(docker save), or auto: the store where it is local and readable (default)")
-    s.add_argument("--backend", choices=engine.BACKENDS, default="classic",
+    s.add_argument("--backend", choices=engine.BACKENDS, default="auto",
                    help="the builder: classic (the engine's API), buildkit (the docker CLI: the build CA as a "
                         "secret, pip's downloads in a cache mount, stages in parallel) or auto: buildkit where "
                         "the CLI can drive it; all give one image ID (default: %(default)s)")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Callable
 
 from builder import aptlock, base, cache, context, debserver, facts, hygiene, lock, record, render, rewrite, tags
 from builder import normalize as normalizer  # `normalize` below is this module's own step
@@ -129,9 +131,26 @@ def choose_backend(c: Engine, requested: str) -> str:
     return requested
 
 
+def engine_build(c: Engine, variant: Variant, backend: str, *, ca: Path | None,
+                 edit: dict[str, Callable[[str], str]] | None = None, nocache: bool = False,
+                 quiet: bool = False, out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None, revision: str | None = None) -> str:
+    """The engine's raw build of a variant by the chosen backend: the classic builder gets the CA
+    in its context (its install stages only; the final stage copies none), BuildKit as a secret.
+    ``edit``: file name → text edit of the context (what a lock bump changes)."""
+    buildkit = backend == "buildkit"
+    build_context = context.build_context(variant, None if buildkit else ca)
+    if edit:
+        build_context = context.edited(build_context, edit)
+    return c.build(build_context, target=variant.flavor, nocache=nocache, quiet=quiet, out=out,
+                   extra_hosts=extra_hosts or {}, backend=backend,
+                   buildargs={"SOURCE_REVISION": revision or record.source_revision()},
+                   dockerfile=render.BUILDKIT_DOCKERFILE if buildkit else "Dockerfile",
+                   secrets={"build-ca": ca} if buildkit and ca else {})
+
+
 def build(c: Engine, variant: Variant, *, repository: str | None = None,
           ca_bundle: str | None = None, nocache: bool = False, quiet: bool = False,
-          backend: str = "classic") -> Built:
+          backend: str = "auto") -> Built:
     """Build, normalize and check one variant; nothing is tagged (see the module's docstring)."""
     check_buildable(variant)
     backend = choose_backend(c, backend)
@@ -150,13 +169,7 @@ def build(c: Engine, variant: Variant, *, repository: str | None = None,
               f"(CA bundle for the build stages: {ca or 'none'})", flush=True)
     based_at = time.monotonic()
     with debserver.serving(c, variant.manifest.base_ref, debs) if debs else contextlib.nullcontext({}) as hosts:
-        # BuildKit gets the CA as a secret, so its context carries none
-        secrets = {"build-ca": ca} if backend == "buildkit" and ca else {}
-        raw_id = c.build(context.build_context(variant, None if backend == "buildkit" else ca),
-                         target=variant.flavor, nocache=nocache, quiet=quiet, extra_hosts=hosts,
-                         buildargs={"SOURCE_REVISION": record.source_revision()}, backend=backend,
-                         dockerfile=render.BUILDKIT_DOCKERFILE if backend == "buildkit" else "Dockerfile",
-                         secrets=secrets)
+        raw_id = engine_build(c, variant, backend, ca=ca, nocache=nocache, quiet=quiet, extra_hosts=hosts)
     built_at = time.monotonic()
     image_id, config, parts, source = normalize(c, raw_id, variant.manifest.source_date_epoch, quiet)
     seconds = {"base": round(based_at - started, 1), "build": round(built_at - based_at, 1),

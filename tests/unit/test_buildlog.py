@@ -1,14 +1,9 @@
-"""bench/backends.py reads from each builder's output which venv groups a rebuild reinstalled:
-the lock-bump target depends on it. Excerpts of real output (Docker 20.10's classic builder,
+"""Which venv groups a rebuild reinstalled, read from each builder's output: the lock-bump test
+and bench depend on it. Excerpts of real output (Docker 20.10's classic builder,
 BuildKit's plain progress), commands shortened."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location("bench_backends", Path(__file__).parents[2] / "bench" / "backends.py")
-backends = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(backends)
+from builder.engine.buildlog import reinstalled
 
 RUN = ("RUN --mount=type=secret,id=build-ca,target=/tmp/build/build-ca.pem --mount=type=cache,id=pytorch-cuda-pip,"
        "target=/var/cache/pip PIP_CACHE_DIR=/var/cache/pip /tmp/build/install-layer venv-{g} --index-url "
@@ -32,16 +27,16 @@ Collecting numpy==2.3.2
 
 
 def test_buildkit_steps_run_and_cached():
-    assert backends.reinstalled(BUILDKIT, "buildkit", "rest")
-    assert not backends.reinstalled(BUILDKIT, "buildkit", "torch")
+    assert reinstalled(BUILDKIT, "buildkit", "rest")
+    assert not reinstalled(BUILDKIT, "buildkit", "torch")
 
 
 def test_classic_steps_run_and_cached():
-    assert backends.reinstalled(CLASSIC, "classic", "rest")
-    assert not backends.reinstalled(CLASSIC, "classic", "torch")
+    assert reinstalled(CLASSIC, "classic", "rest")
+    assert not reinstalled(CLASSIC, "classic", "torch")
 
 
 def test_a_group_whose_step_is_not_in_the_output_counts_as_reinstalled():
     """Never report "not reinstalled" for a step the parser did not find."""
-    assert backends.reinstalled(BUILDKIT, "buildkit", "triton")
-    assert backends.reinstalled(CLASSIC, "classic", "nvidia")
+    assert reinstalled(BUILDKIT, "buildkit", "triton")
+    assert reinstalled(CLASSIC, "classic", "nvidia")
