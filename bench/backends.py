@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from build import RESULTS, naive_context, timed  # noqa: E402  (bench/build.py)
 
 from builder import context, engine, lock, manifest, pipeline, registry  # noqa: E402
-from builder.engine.buildlog import reinstalled  # noqa: E402
+from builder.engine.buildlog import downloaded, reinstalled  # noqa: E402
 
 REPOSITORY = "pytorch-cuda-bench"
 NAIVE = "pytorch-cuda-bench-naive"
@@ -74,10 +73,15 @@ def lock_bump(c: engine.Engine, m: manifest.Manifest, backend: str) -> dict:
     image_id = pipeline.normalize(c, raw_id, m.source_date_epoch, quiet=True)[0]
     seconds = round(time.perf_counter() - started, 1)
     again = [g for g in m.venv_layers if reinstalled(log.getvalue(), backend, g)]
+    # what pip downloaded again, and which of it belongs to the other groups (torch, NVIDIA, triton)
+    fetched = downloaded(log.getvalue())
+    parts = lock.split(variant.lock_path("runtime").read_text(), m.venv_layers)
+    big = {name.replace("_", "-") for g, text in parts.items() if g != group for name, _ in lock.blocks(text)}
     for image in (image_id, raw_id):
         c.remove_image(image, force=True)
     return {"lock_bump_rebuild_s": seconds, "lock_bump_group": group, "lock_bump_reinstalled": again,
-            "lock_bump_downloaded_big_wheels": bool(re.search(r"Downloading \S*(torch|nvidia_)", log.getvalue()))}
+            "lock_bump_downloaded": fetched,
+            "lock_bump_downloaded_big_wheels": sorted(set(fetched) & big)}
 
 
 def start_registry(port: int, folder: str) -> str:

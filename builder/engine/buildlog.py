@@ -17,3 +17,13 @@ def reinstalled(build_log: str, backend: str, group: str) -> bool:
     # "#12 CACHED" for a step taken from the cache
     steps = re.findall(rf"^(#\d+) \[[^\]]*\] RUN .*{re.escape(needle)}", build_log, flags=re.M)
     return not steps or any(f"\n{step} CACHED" not in build_log for step in steps)
+
+
+def downloaded(build_log: str) -> list[str]:
+    """The distributions pip downloaded rather than took from its cache, by name (pip prints
+    "Downloading numpy-2.3.2-cp312-….whl (16.6 MB)", or the file's URL; "Using cached …" otherwise)."""
+    names = []
+    for file in re.findall(r"Downloading (\S+\.(?:whl|tar\.gz|zip))\b", build_log):
+        name = file.rsplit("/", 1)[-1].split("-", 1)[0]
+        names.append(re.sub(r"[-_.]+", "-", name).lower())
+    return sorted(set(names))

@@ -3,7 +3,7 @@ and bench depend on it. Excerpts of real output (Docker 20.10's classic builder,
 BuildKit's plain progress), commands shortened."""
 from __future__ import annotations
 
-from builder.engine.buildlog import reinstalled
+from builder.engine.buildlog import downloaded, reinstalled
 
 RUN = ("RUN --mount=type=secret,id=build-ca,target=/tmp/build/build-ca.pem --mount=type=cache,id=pytorch-cuda-pip,"
        "target=/var/cache/pip PIP_CACHE_DIR=/var/cache/pip /tmp/build/install-layer venv-{g} --index-url "
@@ -40,3 +40,15 @@ def test_a_group_whose_step_is_not_in_the_output_counts_as_reinstalled():
     """Never report "not reinstalled" for a step the parser did not find."""
     assert reinstalled(BUILDKIT, "buildkit", "triton")
     assert reinstalled(CLASSIC, "classic", "nvidia")
+
+
+def test_downloaded_names_what_pip_fetched_not_what_it_had_cached():
+    log = """#21 1.2 Collecting numpy==2.3.2 (from -r venv-rest.lock (line 3))
+#21 1.3   Downloading numpy-2.3.2-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl (16.6 MB)
+#21 1.9 Collecting nvidia-ml-py==13.580.65 (from -r venv-rest.lock (line 9))
+#21 2.0   Downloading https://pypi.org/packages/ab/cd/nvidia_ml_py-13.580.65-py3-none-any.whl (48 kB)
+#21 2.1 Collecting typing-extensions==4.15.0
+#21 2.1   Using cached typing_extensions-4.15.0-py3-none-any.whl (44 kB)
+"""
+    assert downloaded(log) == ["numpy", "nvidia-ml-py"]
+    assert downloaded(CLASSIC) == []
