@@ -1,0 +1,149 @@
+"""Layers as a registry stores them: gzip blobs the project compresses itself, so that one image
+gives one set of blobs, and one manifest digest, whatever engine or machine pushes it.
+
+An engine's `docker push` compresses with its own Go version's gzip, and Docker 20.10 and 28 give
+different bytes for the same layer. Here every layer tar is cut into fixed 16 MiB blocks, each
+compressed on its own by libdeflate (the `deflate` wheel, pinned in pyproject.toml) at one level,
+and the blocks' gzip members are concatenated: a multi-member gzip file, which every gzip reader
+(Go's included, so every engine) reads as one stream. Blocks compress in parallel; the output
+depends only on the tar, the block size, the level and libdeflate's version (its CPU-specific
+code computes checksums and fills tables, it does not choose matches), and a unit test pins the
+digest of a fixed input so a change of any of them is caught.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import BinaryIO
+
+import deflate
+
+from builder import cache
+
+BLOCK = 16 << 20
+LEVEL = 6
+GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+CONFIG = "application/vnd.docker.container.image.v1+json"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def scheme() -> str:
+    """What the blobs' bytes depend on besides the layer: recorded beside each digest."""
+    return f"gzip:libdeflate-{version('deflate')}:level{LEVEL}:block{BLOCK >> 20}MiB"
+
+
+@dataclass(frozen=True)
+class Blob:
+    diff_id: str  # sha256 of the uncompressed tar (the image config's rootfs entry)
+    digest: str   # sha256 of the compressed bytes (what the manifest names and the registry stores)
+    size: int
+
+
+def workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@contextlib.contextmanager
+def compressors(processes: int | None = None) -> Iterator[concurrent.futures.Executor]:
+    """Processes that compress blocks (libdeflate's binding holds the GIL, so threads would take
+    turns); forkserver: the builder's own threads (the engine client's) are not forked."""
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(processes or workers(), mp_context=context) as pool:
+        yield pool
+
+
+def _blocks(reader: BinaryIO) -> Iterator[bytes]:
+    while True:
+        block = reader.read(BLOCK)
+        if not block:
+            return
+        yield block
+
+
+def compress(reader: BinaryIO, sink: Callable[[bytes], None] | None = None, *,
+             pool: concurrent.futures.Executor | None = None) -> Blob:
+    """Compress one layer tar into its blob, handed to sink in order; the blob's digests and size.
+    With a pool (compressors()), blocks compress in parallel, at most two per process in flight."""
+    diff_id, digest, size = hashlib.sha256(), hashlib.sha256(), 0
+    in_flight = 2 * getattr(pool, "_max_workers", 1)
+    pending: deque[concurrent.futures.Future[bytes]] = deque()
+
+    def submit(block: bytes) -> None:
+        if pool is None:
+            done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+            done.set_result(deflate.gzip_compress(block, LEVEL))
+            pending.append(done)
+        else:
+            pending.append(pool.submit(deflate.gzip_compress, block, LEVEL))
+
+    def drain_one() -> None:
+        nonlocal size
+        member = pending.popleft().result()
+        digest.update(member)
+        size += len(member)
+        if sink:
+            sink(member)
+
+    empty = True
+    for block in _blocks(reader):
+        empty = False
+        diff_id.update(block)
+        submit(block)
+        while len(pending) >= in_flight:
+            drain_one()
+    if empty:  # an empty layer is still one gzip member
+        submit(b"")
+    while pending:
+        drain_one()
+    return Blob(diff_id=f"sha256:{diff_id.hexdigest()}", digest=f"sha256:{digest.hexdigest()}", size=size)
+
+
+def manifest(config: bytes, blobs: list[Blob]) -> bytes:
+    """The image manifest (Docker schema 2, which every engine pulls), serialized one way only:
+    its digest is the registry digest users pin."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": {"mediaType": CONFIG, "size": len(config), "digest": f"sha256:{hashlib.sha256(config).hexdigest()}"},
+        "layers": [{"mediaType": GZIP_LAYER, "size": b.size, "digest": b.digest} for b in blobs],
+    }
+    return json.dumps(doc, indent=3).encode() + b"\n"
+
+
+def digest_of(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+# --- what was compressed before: diff ID → blob, per scheme (a layer's blob never changes) ---
+
+def _index_path():
+    return cache.path("blobs", f"{scheme().replace(':', '-')}.json")
+
+
+def known() -> dict[str, Blob]:
+    """Blobs compressed before on this machine, by diff ID (empty when none or unreadable)."""
+    try:
+        entries = json.loads(_index_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {d: Blob(diff_id=d, digest=e["digest"], size=e["size"]) for d, e in entries.items()
+            if isinstance(e, dict) and {"digest", "size"} <= e.keys()}
+
+
+def remember(blobs: list[Blob]) -> None:
+    """Add blobs to the index (written whole, then renamed: a reader never sees half an index)."""
+    entries = {d: {"digest": b.digest, "size": b.size} for d, b in known().items()}
+    entries |= {b.diff_id: {"digest": b.digest, "size": b.size} for b in blobs}
+    path = _index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    os.replace(tmp, path)

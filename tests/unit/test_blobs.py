@@ -1,0 +1,88 @@
+"""The project's own layer blobs: the same tar gives the same bytes with or without parallel
+compression, on any machine (a pinned digest of a fixed input: a new libdeflate, level or block
+size changes it, and so would a CPU whose code path chose other matches), and every gzip reader
+reads the concatenated members back as the tar."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import zlib
+
+import pytest
+
+from builder import blobs
+
+# 40.5 MiB: three blocks, random and repetitive stretches (what compresses and what does not)
+SAMPLE_DIFF_ID = "sha256:5aee2fa0429c125d7dbc50ff2679c9459e0aed6bc55c49ed7df44cabe8b05b45"
+SAMPLE_DIGEST = "sha256:5d2807c0a749d1f3150918365177c641c97330f15fb74c1ca80809e912811d6b"
+SAMPLE_SIZE = 21061308
+
+
+@pytest.fixture(scope="module")
+def sample() -> bytes:
+    rng = random.Random(20261206)
+    return b"".join(rng.randbytes(1 << 19) + (f"line {i} of a layer: usr/lib/python3.12/site-packages/torch/\n"
+                                              * 9000).encode() for i in range(40))
+
+
+def members(data: bytes) -> int:
+    count = 0
+    while data:
+        d = zlib.decompressobj(wbits=31)
+        d.decompress(data)
+        data = d.unused_data
+        count += 1
+    return count
+
+
+def test_the_blob_of_a_fixed_input_is_pinned(sample):
+    out = io.BytesIO()
+    blob = blobs.compress(io.BytesIO(sample), out.write)
+    assert blob == blobs.Blob(diff_id=SAMPLE_DIFF_ID, digest=SAMPLE_DIGEST, size=SAMPLE_SIZE), blobs.scheme()
+    assert len(out.getvalue()) == SAMPLE_SIZE
+
+
+def test_parallel_compression_gives_the_same_bytes(sample):
+    out = io.BytesIO()
+    with blobs.compressors(2) as pool:
+        blob = blobs.compress(io.BytesIO(sample), out.write, pool=pool)
+    assert blob.digest == SAMPLE_DIGEST
+    assert blobs.digest_of(out.getvalue()) == SAMPLE_DIGEST
+
+
+def test_one_gzip_member_per_block_read_back_as_one_stream(sample):
+    out = io.BytesIO()
+    blobs.compress(io.BytesIO(sample), out.write)
+    assert members(out.getvalue()) == -(-len(sample) // blobs.BLOCK) == 3
+    assert gzip.decompress(out.getvalue()) == sample
+
+
+def test_an_empty_layer_is_one_empty_member():
+    out = io.BytesIO()
+    blob = blobs.compress(io.BytesIO(b""), out.write)
+    assert gzip.decompress(out.getvalue()) == b""
+    assert blob.size == len(out.getvalue()) and blob.diff_id == blobs.digest_of(b"")
+
+
+def test_the_manifest_names_the_config_by_the_image_id_and_is_one_serialization():
+    config = b'{"architecture":"amd64"}'
+    layer = blobs.Blob(diff_id="sha256:" + "a" * 64, digest="sha256:" + "b" * 64, size=12)
+    text = blobs.manifest(config, [layer])
+    assert text == blobs.manifest(config, [layer])
+    doc = json.loads(text)
+    assert doc["mediaType"] == blobs.MANIFEST and doc["schemaVersion"] == 2
+    assert doc["config"] == {"mediaType": blobs.CONFIG, "size": len(config), "digest": blobs.digest_of(config)}
+    assert doc["layers"] == [{"mediaType": blobs.GZIP_LAYER, "size": 12, "digest": "sha256:" + "b" * 64}]
+
+
+def test_compressed_blobs_are_remembered_by_diff_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert blobs.known() == {}
+    one = blobs.Blob(diff_id="sha256:" + "1" * 64, digest="sha256:" + "2" * 64, size=3)
+    two = blobs.Blob(diff_id="sha256:" + "3" * 64, digest="sha256:" + "4" * 64, size=5)
+    blobs.remember([one])
+    blobs.remember([two])
+    assert blobs.known() == {one.diff_id: one, two.diff_id: two}
+    assert blobs.scheme().startswith("gzip:libdeflate-0.8.1:level6:block16MiB")
