@@ -61,11 +61,19 @@ def compressors(processes: int | None = None) -> Iterator[concurrent.futures.Exe
 
 
 def _blocks(reader: BinaryIO) -> Iterator[bytes]:
+    """Whole BLOCK-sized blocks (the last one shorter), however the reader cuts its reads: the
+    block boundaries are part of the output."""
     while True:
-        block = reader.read(BLOCK)
-        if not block:
+        parts, want = [], BLOCK
+        while want:
+            data = reader.read(want)
+            if not data:
+                break
+            parts.append(data)
+            want -= len(data)
+        if not parts:
             return
-        yield block
+        yield b"".join(parts)
 
 
 def compress(reader: BinaryIO, sink: Callable[[bytes], None] | None = None, *,

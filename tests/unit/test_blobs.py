@@ -86,3 +86,14 @@ def test_compressed_blobs_are_remembered_by_diff_id(tmp_path, monkeypatch):
     blobs.remember([two])
     assert blobs.known() == {one.diff_id: one, two.diff_id: two}
     assert blobs.scheme().startswith("gzip:libdeflate-0.8.1:level6:block16MiB")
+
+
+class Trickle(io.BytesIO):
+    """A reader that returns short reads, as the engine store's reassembled tar does at file ends."""
+
+    def read(self, n: int = -1) -> bytes:
+        return super().read(min(n, 7919) if n and n > 0 else 7919)
+
+
+def test_short_reads_cut_the_same_blocks(sample):
+    assert blobs.compress(Trickle(sample[:(1 << 20) * 20])) == blobs.compress(io.BytesIO(sample[:(1 << 20) * 20]))

@@ -1,0 +1,251 @@
+"""The project's own push: layers read through the engine adapter (its store or `docker save`),
+compressed by builder/blobs.py, uploaded through the registry's HTTP API, several at once; then
+the config (its digest is the image ID) and the manifest, and the tags last. The same image gives
+the same manifest digest from every engine and machine, and `digest` prints it without a push.
+
+Blobs the registry has are skipped (HEAD, by the digest this machine compressed before); a
+failed upload of one blob is retried from its start. A tag is written only after the manifest
+it names is in the registry, so an interrupted push leaves no tag.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import requests
+
+from builder import blobs
+from builder.engine import Engine
+from builder.errors import BuildFailed
+from builder.normalize.archive import Archive
+from builder.registry import HTTP_TIMEOUT, registry_url
+
+PARALLEL_UPLOADS = 3
+
+
+@dataclass(frozen=True)
+class Image:
+    config: bytes
+    blobs: list[blobs.Blob]
+
+    @property
+    def manifest(self) -> bytes:
+        return blobs.manifest(self.config, self.blobs)
+
+    @property
+    def digest(self) -> str:
+        return blobs.digest_of(self.manifest)
+
+
+@contextlib.contextmanager
+def _opened(layer: tuple[BinaryIO, int, int]) -> Iterator[BinaryIO]:
+    """The layer's bytes through a file handle of its own (layers are read by several threads)."""
+    f, offset, size = layer
+    own = f.clone() if hasattr(f, "clone") else open(f.name, "rb")  # type: ignore[union-attr]
+    try:
+        own.seek(offset)
+        yield _Window(own, size)  # type: ignore[misc]
+    finally:
+        own.close()
+
+
+class _Window:
+    """``size`` bytes of a file from where it stands (a layer inside an archive)."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+
+def describe(c: Engine, image: str, *, pool: concurrent.futures.Executor | None = None) -> Image:
+    """The config and blobs a push of ``image`` uploads: blobs compressed before on this machine
+    come from the index, the others are compressed (and remembered) without being kept."""
+    with c.layers(image) as (archive, _source):
+        return _describe(archive, pool)
+
+
+def _describe(archive: Archive, pool: concurrent.futures.Executor | None) -> Image:
+    diff_ids = _diff_ids(archive.config)
+    seen = blobs.known()
+    out = []
+    for diff_id, layer in zip(diff_ids, archive.layers):
+        blob = seen.get(diff_id)
+        if blob is None:
+            with _opened(layer) as reader:
+                blob = blobs.compress(reader, pool=pool)
+        if blob.diff_id != diff_id:
+            raise BuildFailed(f"layer {diff_id} read back as {blob.diff_id}: the engine's copy changed")
+        out.append(blob)
+    blobs.remember(out)
+    return Image(config=archive.config, blobs=out)
+
+
+def _diff_ids(config: bytes) -> list[str]:
+    return list((json.loads(config).get("rootfs") or {}).get("diff_ids") or [])
+
+
+# --- the registry's upload API ---------------------------------------------------------------
+
+
+class Registry:
+    """One repository of one registry, with the credentials a push needs (Basic, or a Bearer
+    token for pull and push fetched once from the registry's token service)."""
+
+    def __init__(self, host: str, repo: str, auth: tuple[str, str] | None = None) -> None:
+        self.base = f"{registry_url(host)}/v2/{repo}"
+        self.host, self.repo = host, repo
+        self.http = requests.Session()
+        challenge = self.http.get(f"{registry_url(host)}/v2/", timeout=HTTP_TIMEOUT)
+        scheme = challenge.headers.get("WWW-Authenticate", "")
+        if challenge.status_code == 401 and scheme.lower().startswith("bearer"):
+            params = dict(re.findall(r'(\w+)="([^"]*)"', scheme))
+            realm = params.pop("realm", "")
+            params["scope"] = f"repository:{repo}:pull,push"
+            token = self.http.get(realm, params=params, auth=auth, timeout=HTTP_TIMEOUT)
+            if token.status_code != 200:
+                raise BuildFailed(f"registry {host}: the token service refused these credentials "
+                                  f"(HTTP {token.status_code})")
+            body = token.json()
+            self.http.headers["Authorization"] = f"Bearer {body.get('token') or body.get('access_token')}"
+        elif challenge.status_code == 401:
+            self.http.auth = auth
+        elif challenge.status_code >= 400:
+            raise BuildFailed(f"registry {host} answered HTTP {challenge.status_code} at /v2/")
+
+    def _check(self, response: requests.Response, what: str, *expected: int) -> requests.Response:
+        if response.status_code not in expected:
+            hint = " (check the credentials: `docker login` or --username)" if response.status_code in (401, 403) else ""
+            raise BuildFailed(f"{what}: HTTP {response.status_code}{hint}: {response.text[:300]}")
+        return response
+
+    def has_blob(self, digest: str) -> bool:
+        return self.http.head(f"{self.base}/blobs/{digest}", timeout=HTTP_TIMEOUT).status_code == 200
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers["Location"]
+        return location if location.startswith("http") else f"{registry_url(self.host)}{location}"
+
+    def put_blob(self, chunks: Iterator[bytes], digest_after: Callable[[], str], what: str) -> str:
+        """Upload a blob streamed in chunks (one chunked PATCH), then close it with its digest."""
+        start = self._check(self.http.post(f"{self.base}/blobs/uploads/", timeout=HTTP_TIMEOUT),
+                            f"start upload of {what}", 202)
+        patched = self._check(self.http.patch(self._location(start), data=chunks,
+                                              headers={"Content-Type": "application/octet-stream"},
+                                              timeout=HTTP_TIMEOUT), f"upload {what}", 202, 204)
+        digest = digest_after()
+        location = self._location(patched)
+        self._check(self.http.put(location, params={"digest": digest}, timeout=HTTP_TIMEOUT),
+                    f"finish upload of {what}", 201)
+        return digest
+
+    def put_manifest(self, reference: str, manifest: bytes) -> str:
+        response = self._check(self.http.put(f"{self.base}/manifests/{reference}", data=manifest,
+                                             headers={"Content-Type": blobs.MANIFEST}, timeout=HTTP_TIMEOUT),
+                               f"put manifest {reference}", 201)
+        return response.headers.get("Docker-Content-Digest", "")
+
+
+def _streamed(layer: tuple[BinaryIO, int, int], pool: concurrent.futures.Executor | None,
+              result: list[blobs.Blob]) -> Iterator[bytes]:
+    """The layer's blob as it is compressed (in a thread; the upload reads as it comes)."""
+    members: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+
+    def work() -> None:
+        try:
+            with _opened(layer) as reader:
+                result.append(blobs.compress(reader, members.put, pool=pool))
+            members.put(None)
+        except BaseException as exc:  # handed to the reader, which raises it
+            members.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while True:
+        item = members.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
+
+
+@dataclass
+class Pushed:
+    digest: str
+    uploaded: int = 0  # blobs sent
+    skipped: int = 0   # blobs the registry had
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+def push(c: Engine, image: str, host: str, repo: str, tags: list[str], *,
+         auth: tuple[str, str] | None = None, retries: int = 3,
+         pool: concurrent.futures.Executor | None = None, say: Callable[[str], None] = print) -> Pushed:
+    """Upload ``image`` to HOST/REPO and put its tags; the manifest digest and what moved."""
+    started = time.monotonic()
+    reg = Registry(host, repo, auth)
+    seen = blobs.known()
+    with c.layers(image) as (archive, _source):
+        diff_ids = _diff_ids(archive.config)
+        result: dict[int, blobs.Blob] = {}
+        pushed = Pushed(digest="")
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            diff_id, layer = diff_ids[i], archive.layers[i]
+            known = seen.get(diff_id)
+            if known and reg.has_blob(known.digest):
+                with lock:
+                    result[i], pushed.skipped = known, pushed.skipped + 1
+                return
+            for attempt in range(1, retries + 1):
+                made: list[blobs.Blob] = []
+                try:
+                    reg.put_blob(_streamed(layer, pool, made), lambda: made[0].digest, f"layer {diff_id[:19]}")
+                    break
+                except (requests.RequestException, BuildFailed) as exc:
+                    if attempt == retries:
+                        raise BuildFailed(f"upload of layer {diff_id[:19]} failed {retries} times: {exc}") from None
+                    say(f"upload of layer {diff_id[:19]} failed ({exc}); again from its start")
+                    time.sleep(2 * attempt)
+            if made[0].diff_id != diff_id:
+                raise BuildFailed(f"layer {diff_id} read back as {made[0].diff_id}: the engine's copy changed")
+            with lock:
+                result[i] = made[0]
+                pushed.uploaded += 1
+                pushed.bytes_sent += made[0].size
+            say(f"uploaded layer {i + 1}/{len(diff_ids)} {made[0].digest[:19]} ({made[0].size / 1e6:.0f} MB)")
+
+        # the biggest layers first, several at once: the push takes as long as the biggest one
+        order = sorted(range(len(diff_ids)), key=lambda i: -archive.layers[i][2])
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL_UPLOADS) as uploads:
+            for done in concurrent.futures.as_completed([uploads.submit(one, i) for i in order]):
+                done.result()
+        image_blobs = [result[i] for i in range(len(diff_ids))]
+        blobs.remember(image_blobs)
+        built = Image(config=archive.config, blobs=image_blobs)
+    config_digest = blobs.digest_of(built.config)
+    if not reg.has_blob(config_digest):
+        reg.put_blob(iter([built.config]), lambda: config_digest, "config")
+    got = reg.put_manifest(built.digest, built.manifest)
+    if got and got != built.digest:
+        raise BuildFailed(f"registry {host} stored the manifest as {got}, expected {built.digest}")
+    for tag in tags:  # last: a tag names a manifest that is there
+        reg.put_manifest(tag, built.manifest)
+    pushed.digest = built.digest
+    pushed.seconds = round(time.monotonic() - started, 1)
+    return pushed

@@ -1,0 +1,117 @@
+"""The project's own push (builder/upload.py) against real registries (scripts/start-registry, each
+with its own storage) and the real engine, on a small image with a layer of several blocks: one
+manifest digest to every registry, the digest `describe` computes without pushing, a pull by that
+digest gives the image ID back, a second push uploads nothing, and the layers read through the
+image archive give the same blobs as the engine's store. Images, tags and registries made here
+are removed at the end, also when a test fails."""
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import tarfile
+import uuid
+
+import docker.errors
+import pytest
+
+from builder import blobs, engine, registry, upload
+from tests.support import ROOT
+
+pytestmark = pytest.mark.engine
+
+PORTS = [int(p) for p in os.environ.get("TEST_UPLOAD_REGISTRY_PORTS", "5071,5072").split(",")]
+RUN = uuid.uuid4().hex[:8]
+REPO = f"ci/upload-{RUN}"
+
+
+def start_registry(port: int, folder) -> str:
+    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
+    subprocess.run([str(ROOT / "scripts" / "start-registry")], env=env, check=True, capture_output=True, timeout=60)
+    return f"127.0.0.1:{port}"
+
+
+def stop_registry(port: int, folder) -> None:
+    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
+    subprocess.run([str(ROOT / "scripts" / "stop-registry")], env=env, check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory):
+    folders = [tmp_path_factory.mktemp(f"upload-registry-{p}") for p in PORTS]
+    try:
+        yield [start_registry(p, f) for p, f in zip(PORTS, folders)]
+    finally:
+        for p, f in zip(PORTS, folders):
+            stop_registry(p, f)
+
+
+@pytest.fixture(scope="module")
+def small_image(docker_client):
+    """Three layers: 40 MiB that compress to three blocks, and two small ones."""
+    rng = random.Random(RUN)
+    big = b"".join(rng.randbytes(1 << 20) + b"text that compresses " * 50000 for _ in range(20))
+    files = {"big.bin": big, "small.txt": f"upload test {RUN}\n".encode(), "other.txt": b"one more layer\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dockerfile = "FROM scratch\n" + "".join(f"COPY {name} /{name}\n" for name in files)
+        for name, data in [("Dockerfile", dockerfile.encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    image_id = docker_client.build(buf, target="", quiet=True)
+    docker_client.tag(image_id, [f"pytorch-cuda-upload-{RUN}:test"])
+    try:
+        yield image_id
+    finally:
+        try:
+            docker_client.client.images.remove(image_id, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+@pytest.fixture(scope="module")
+def described(docker_client, small_image):
+    return upload.describe(docker_client, small_image)
+
+
+def test_describe_names_the_config_by_the_image_id_and_blobs_that_decompress_to_the_layers(
+        docker_client, small_image, described):
+    assert blobs.digest_of(described.config) == docker_client.image_id(small_image)
+    assert [b.diff_id for b in described.blobs] == docker_client.diff_ids(small_image)
+    assert described.blobs[0].size > 0 and len(described.blobs) == 3
+
+
+def test_one_manifest_digest_to_every_registry_and_the_pull_gives_the_image_back(
+        docker_client, small_image, described, registries):
+    digests = []
+    for address in registries:
+        pushed = upload.push(docker_client, small_image, address, REPO, ["v1"], say=lambda line: None)
+        assert pushed.uploaded == 3 and pushed.skipped == 0
+        digests.append(pushed.digest)
+        assert registry.fetch_manifest(address, REPO, "v1")[1] == pushed.digest
+        assert registry.remote_problems(address, REPO, pushed.digest, expected_image_id=small_image) == []
+    assert digests == [described.digest] * len(registries)
+    ref = f"{registries[0]}/{REPO}@{described.digest}"
+    docker_client.remove_image(small_image, force=True)  # the pull must bring every layer back
+    try:
+        assert registry.pull_back(docker_client, ref, expected_image_id=small_image) == small_image
+    finally:
+        docker_client.tag(small_image, [f"pytorch-cuda-upload-{RUN}:test"])
+        docker_client.untag([ref])
+
+
+def test_a_second_push_uploads_nothing(docker_client, small_image, registries, described):
+    pushed = upload.push(docker_client, small_image, registries[0], REPO, ["v2"], say=lambda line: None)
+    assert (pushed.uploaded, pushed.skipped, pushed.digest) == (0, 3, described.digest)
+    assert registry.fetch_manifest(registries[0], REPO, "v2")[1] == described.digest
+
+
+def test_the_image_archive_gives_the_same_blobs_as_the_store(docker_client, small_image, described, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing remembered: every layer compressed again
+    with blobs.compressors(2) as pool:
+        again = upload.describe(engine.connect("archive"), small_image, pool=pool)
+    assert again == described
