@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from builder import aptlock, aptresolve, audit, context, diff, engine, facts, lock, manifest, pipeline, record, release, render, tags, verify
+from builder import (aptlock, aptresolve, audit, blobs, context, diff, engine, facts, lock, manifest, pipeline, record,
+                     release, render, tags, upload, verify)
 from builder.errors import BuildFailed, UserError
 
 DESCRIPTION = """Build, tag and verify reproducible PyTorch/CUDA images from manifests/images.yaml.
@@ -304,6 +305,24 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    m = manifest.load(args.manifest)
+    image = image_of(m, args.target, args.repository)
+    c = engine.connect()
+    require_image(c, m, args.target, image)
+    with blobs.compressors() as pool:
+        described = upload.describe(c, image, pool=pool)
+    if args.json:
+        print(json.dumps({"image": image, "image_id": blobs.digest_of(described.config),
+                          "manifest_digest": described.digest, "compression": blobs.scheme(),
+                          "config": {"digest": blobs.digest_of(described.config), "size": len(described.config)},
+                          "layers": [{"diff_id": b.diff_id, "digest": b.digest, "size": b.size}
+                                     for b in described.blobs]}, indent=2))
+    else:
+        print(described.digest)
+    return 0
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     m = manifest.load(args.manifest)
     rows = [{"variant": v.name, "flavor": v.flavor, "cuda": v.cuda.key,
@@ -431,6 +450,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--latest", action="store_true", help="also push `latest`")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_push)
+
+    s = command_parser("digest", help="the registry digest a push of the image gives, computed here without pushing")
+    s.add_argument("target", metavar="VARIANT|IMAGE")
+    s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
+    s.add_argument("--json", action="store_true", help="with the config and each layer's compressed digest and size")
+    s.set_defaults(func=cmd_digest)
 
     s = command_parser("matrix", help="the variant matrix for a CI system to fan out builds")
     s.add_argument("--format", choices=("github", "json"), default="json")

@@ -7,9 +7,11 @@ are removed at the end, also when a test fails."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import subprocess
+import sys
 import tarfile
 import uuid
 
@@ -115,3 +117,19 @@ def test_the_image_archive_gives_the_same_blobs_as_the_store(docker_client, smal
     with blobs.compressors(2) as pool:
         again = upload.describe(engine.connect("archive"), small_image, pool=pool)
     assert again == described
+
+
+def test_build_py_digest_prints_what_the_push_gives(small_image, described):
+    ref = f"pytorch-cuda-upload-{RUN}:test"
+    plain = subprocess.run([sys.executable, "build.py", "digest", ref], cwd=ROOT, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == described.digest
+    as_json = json.loads(subprocess.run([sys.executable, "build.py", "digest", ref, "--json"], cwd=ROOT,
+                                        capture_output=True, text=True, check=True).stdout)
+    assert as_json["manifest_digest"] == described.digest and as_json["image_id"] == small_image
+    assert [(x["diff_id"], x["digest"], x["size"]) for x in as_json["layers"]] == \
+        [(b.diff_id, b.digest, b.size) for b in described.blobs]
+    assert as_json["compression"] == blobs.scheme()
+    missing = subprocess.run([sys.executable, "build.py", "digest", f"no-such-image-{RUN}:x"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no image" in missing.stderr
