@@ -451,7 +451,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_push)
 
-    s = command_parser("digest", help="the registry digest a push of the image gives, computed here without pushing")
+    s = command_parser("digest", help="the registry digest a push of the image gives, computed without pushing")
     s.add_argument("target", metavar="VARIANT|IMAGE")
     s.add_argument("--repository", help="repository the variant's tag is under (default: the manifest's name)")
     s.add_argument("--json", action="store_true", help="with the config and each layer's compressed digest and size")

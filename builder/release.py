@@ -20,7 +20,7 @@ from pathlib import Path
 import docker.errors
 from debian.arfile import ArError
 
-from builder import audit, engine, record, registry, sbom
+from builder import audit, blobs, engine, record, registry, sbom, upload
 from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
@@ -157,8 +157,20 @@ def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECOR
     refs = list(rec["tags"])
     if latest:
         refs.append(f"{refs[0].rpartition(':')[0]}:latest")
-    digests = registry.push(c, image_id, refs, host, namespace, quiet=quiet, auth_config=auth_config)
     auth = (auth_config["username"], auth_config["password"]) if auth_config else None
+    by_repo: dict[str, list[str]] = {}
+    for remote in (registry.remote_ref(ref, host, namespace) for ref in refs):
+        repo, tag = registry.split_ref(remote)
+        by_repo.setdefault(repo, []).append(tag)
+    digests: dict[str, str] = {}
+    with blobs.compressors() as pool:
+        for repo, repo_tags in by_repo.items():
+            pushed = upload.push(c, image_id, host, repo.split("/", 1)[1], repo_tags, auth=auth, pool=pool,
+                                 say=(lambda line: None) if quiet else print)
+            digests |= {f"{repo}:{tag}": pushed.digest for tag in repo_tags}
+            if not quiet:
+                print(f"pushed {repo}@{pushed.digest} ({', '.join(repo_tags)}): {pushed.uploaded} blobs uploaded "
+                      f"({pushed.bytes_sent / 1e9:.2f} GB), {pushed.skipped} already there, {pushed.seconds} s")
     for remote, digest in digests.items():
         repo = remote.rpartition(":")[0]
         # the engine still holds the layers, so pulling back proves the config; the registry's

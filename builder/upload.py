@@ -108,7 +108,15 @@ class Registry:
         self.base = f"{registry_url(host)}/v2/{repo}"
         self.host, self.repo = host, repo
         self.http = requests.Session()
-        challenge = self.http.get(f"{registry_url(host)}/v2/", timeout=HTTP_TIMEOUT)
+        for attempt in range(1, 6):  # a registry that is starting answers within seconds
+            try:
+                challenge = self.http.get(f"{registry_url(host)}/v2/", timeout=HTTP_TIMEOUT)
+                break
+            except requests.ConnectionError as exc:
+                if attempt == 5:
+                    raise BuildFailed(f"registry {host} does not answer ({exc.__class__.__name__}); nothing was "
+                                      f"pushed: check the address and that the registry runs") from None
+                time.sleep(2 * attempt)
         scheme = challenge.headers.get("WWW-Authenticate", "")
         if challenge.status_code == 401 and scheme.lower().startswith("bearer"):
             params = dict(re.findall(r'(\w+)="([^"]*)"', scheme))
@@ -196,6 +204,15 @@ def push(c: Engine, image: str, host: str, repo: str, tags: list[str], *,
          auth: tuple[str, str] | None = None, retries: int = 3,
          pool: concurrent.futures.Executor | None = None, say: Callable[[str], None] = print) -> Pushed:
     """Upload ``image`` to HOST/REPO and put its tags; the manifest digest and what moved."""
+    try:
+        return _push(c, image, host, repo, tags, auth=auth, retries=retries, pool=pool, say=say)
+    except requests.RequestException as exc:
+        raise BuildFailed(f"registry {host} went away during the push ({exc.__class__.__name__}); no tag was "
+                          f"written unless its manifest was complete: run the push again") from None
+
+
+def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth: tuple[str, str] | None,
+          retries: int, pool: concurrent.futures.Executor | None, say: Callable[[str], None]) -> Pushed:
     started = time.monotonic()
     reg = Registry(host, repo, auth)
     seen = blobs.known()

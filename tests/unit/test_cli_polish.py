@@ -25,7 +25,7 @@ from tests.support import ROOT
 COMMAND_ARGS = {
     "list": [], "render": ["runtime"], "lock": ["runtime"], "doctor": [], "build": ["runtime"],
     "verify": ["runtime"], "tags": ["runtime"], "push": ["runtime", "--registry", "localhost:5000/x"],
-    "matrix": [], "diff": ["a", "b"], "audit": ["runtime"],
+    "matrix": [], "diff": ["a", "b"], "audit": ["runtime"], "digest": ["runtime"],
 }
 
 
