@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -64,3 +66,16 @@ def make_wheel(directory: Path, name: str, version: str, module: str = "") -> Pa
         for member, data in {**files, f"{dist_info}/RECORD": record.encode()}.items():
             wheel.writestr(member, data)
     return path
+
+
+def start_registry(port: int, folder: Path) -> str:
+    """A fresh distribution registry (scripts/start-registry) on 127.0.0.1:PORT, its storage in folder."""
+    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
+    subprocess.run([str(ROOT / "scripts" / "start-registry")], env=env, check=True, capture_output=True, timeout=60)
+    return f"127.0.0.1:{port}"
+
+
+def stop_registry(port: int, folder: Path) -> None:
+    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
+    subprocess.run([str(ROOT / "scripts" / "stop-registry")], env=env, check=False, capture_output=True, timeout=60)
+

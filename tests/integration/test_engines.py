@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from builder import diff, engine, pipeline
-from tests.support import ROOT
+from builder import blobs, diff, engine, pipeline, registry, upload
+from tests.support import ROOT, start_registry, stop_registry
 
 STORES = {"overlay2": [], "containerd": ["--containerd-store"]}
+REGISTRY_PORT = int(os.environ.get("TEST_ENGINES_REGISTRY_PORT", "5073"))
 
 
 @pytest.fixture(scope="module", params=list(STORES))
@@ -51,11 +53,24 @@ def test_the_tiny_image_tests_pass_on_docker_28(modern_engine):
     assert proc.returncode == 0
 
 
-def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, runtime_image, the_manifest,
+@pytest.fixture(scope="module")
+def modern_runtime(modern_engine, the_manifest) -> pipeline.Built:
+    """runtime built on this engine, by the default backend (BuildKit, through the docker CLI)."""
+    return pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def runtime_digest(runtime_image, docker_client) -> str:
+    """The manifest digest a push of runtime from the default engine gives (computed, not pushed)."""
+    with blobs.compressors() as pool:
+        return upload.describe(docker_client, runtime_image.image_id, pool=pool).digest
+
+
+def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, modern_runtime, runtime_image,
                                                                  docker_client):
     info = modern_engine.info
     assert info.major >= 28
-    built = pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True)
+    built = modern_runtime
     expected_source = "archive" if info.image_store == "containerd" else "store"
     assert built.layer_source == expected_source, info.layer_source_reason
     assert modern_engine.image_id(built.image_id) == built.image_id  # found by its config digest
@@ -68,3 +83,21 @@ def test_runtime_built_on_docker_28_is_the_default_engines_image(modern_engine, 
         pytest.fail(f"Docker {info.server_version} ({info.image_store} store) built {built.image_id}, "
                     f"the default engine {runtime_image.image_id}; A is the default engine's, B this one's:\n"
                     f"{out.getvalue()}", pytrace=False)
+
+
+def test_its_push_has_the_digest_the_default_engine_computes(modern_engine, modern_runtime, runtime_image,
+                                                              runtime_digest, tmp_path):
+    """The project's own upload from this engine to a fresh registry gives the manifest digest
+    that `describe` computed from the default engine's copy; pulled by it, the image ID comes back."""
+    address = start_registry(REGISTRY_PORT, tmp_path)
+    try:
+        pushed = upload.push(modern_engine, modern_runtime.image_id, address, "ci/engines", ["runtime"],
+                             say=lambda line: None)
+        print(f"{modern_engine.info.image_store} store: pushed {pushed.digest} in {pushed.seconds} s")
+        assert pushed.digest == runtime_digest
+        ref = f"{address}/ci/engines@{pushed.digest}"
+        assert registry.pull_back(modern_engine, ref, expected_image_id=runtime_image.image_id) == \
+            runtime_image.image_id
+    finally:
+        stop_registry(REGISTRY_PORT, tmp_path)
+

@@ -19,24 +19,13 @@ import docker.errors
 import pytest
 
 from builder import blobs, engine, registry, upload
-from tests.support import ROOT
+from tests.support import ROOT, start_registry, stop_registry
 
 pytestmark = pytest.mark.engine
 
 PORTS = [int(p) for p in os.environ.get("TEST_UPLOAD_REGISTRY_PORTS", "5071,5072").split(",")]
 RUN = uuid.uuid4().hex[:8]
 REPO = f"ci/upload-{RUN}"
-
-
-def start_registry(port: int, folder) -> str:
-    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
-    subprocess.run([str(ROOT / "scripts" / "start-registry")], env=env, check=True, capture_output=True, timeout=60)
-    return f"127.0.0.1:{port}"
-
-
-def stop_registry(port: int, folder) -> None:
-    env = {**os.environ, "REGISTRY_PORT": str(port), "REGISTRY_DIR": str(folder)}
-    subprocess.run([str(ROOT / "scripts" / "stop-registry")], env=env, check=False, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
