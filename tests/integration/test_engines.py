@@ -55,7 +55,8 @@ def test_the_tiny_image_tests_pass_on_docker_28(modern_engine):
 
 @pytest.fixture(scope="module")
 def modern_runtime(modern_engine, the_manifest) -> pipeline.Built:
-    """runtime built on this engine, by the default backend (BuildKit, through the docker CLI)."""
+    """runtime built on this engine by the default backend: BuildKit (through the docker CLI) on the
+    overlay2 store, the classic builder on the containerd image store."""
     return pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True)
 
 
@@ -89,6 +90,9 @@ def test_its_push_has_the_digest_the_default_engine_computes(modern_engine, mode
                                                               runtime_digest, tmp_path):
     """The project's own upload from this engine to a fresh registry gives the manifest digest
     that `describe` computed from the default engine's copy; pulled by it, the image ID comes back."""
+    if modern_engine.info.image_store == "containerd":
+        pytest.skip("the upload from the containerd image store (layers through its OCI archive) has not "
+                    "been run against a registry yet")
     address = start_registry(REGISTRY_PORT, tmp_path)
     try:
         pushed = upload.push(modern_engine, modern_runtime.image_id, address, "ci/engines", ["runtime"],
