@@ -35,6 +35,7 @@ from build import RESULTS, naive_context, timed  # noqa: E402  (bench/build.py)
 
 from builder import context, engine, lock, manifest, pipeline, registry  # noqa: E402
 from builder.engine.buildlog import downloaded, reinstalled  # noqa: E402
+from packaging.utils import canonicalize_name  # noqa: E402
 
 REPOSITORY = "pytorch-cuda-bench"
 NAIVE = "pytorch-cuda-bench-naive"
@@ -76,7 +77,7 @@ def lock_bump(c: engine.Engine, m: manifest.Manifest, backend: str) -> dict:
     # what pip downloaded again, and which of it belongs to the other groups (torch, NVIDIA, triton)
     fetched = downloaded(log.getvalue())
     parts = lock.split(variant.lock_path("runtime").read_text(), m.venv_layers)
-    big = {name.replace("_", "-") for g, text in parts.items() if g != group for name, _ in lock.blocks(text)}
+    big = {canonicalize_name(name) for g, text in parts.items() if g != group for name, _ in lock.blocks(text)}
     for image in (image_id, raw_id):
         c.remove_image(image, force=True)
     return {"lock_bump_rebuild_s": seconds, "lock_bump_group": group, "lock_bump_reinstalled": again,

@@ -316,6 +316,22 @@ def _full_id(image_id: str) -> str:
 # --- the registry's HTTP API ----------------------------------------------------------------
 
 
+def bearer_token(challenge: str, auth: tuple[str, str] | None, scope: str | None = None) -> str | None:
+    """A token from the registry's token service for its Bearer challenge (realm, service, scope;
+    ``scope`` asks for another, e.g. push), or None when there is no realm or the service refuses."""
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = params.pop("realm", None)
+    if not realm:
+        return None
+    if scope:
+        params["scope"] = scope
+    response = requests.get(realm, params=params, auth=auth, timeout=HTTP_TIMEOUT)
+    if response.status_code != 200:
+        return None
+    body = response.json()
+    return body.get("token") or body.get("access_token")
+
+
 def _request(method: str, url: str, *, headers: dict[str, str] | None = None,
              auth: tuple[str, str] | None = None) -> requests.Response:
     """One registry API request; follows a Bearer token challenge (Docker Hub, GHCR, Harbor …)."""
@@ -325,15 +341,9 @@ def _request(method: str, url: str, *, headers: dict[str, str] | None = None,
         return response
     if challenge.lower().startswith("basic"):
         return requests.request(method, url, headers=headers, auth=auth, timeout=HTTP_TIMEOUT)
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-    realm = params.pop("realm", None)
-    if not realm:
+    token = bearer_token(challenge, auth)
+    if not token:
         return response
-    token_response = requests.get(realm, params=params, auth=auth, timeout=HTTP_TIMEOUT)
-    if token_response.status_code != 200:
-        return response
-    body = token_response.json()
-    token = body.get("token") or body.get("access_token")
     return requests.request(method, url, headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                             timeout=HTTP_TIMEOUT)
 

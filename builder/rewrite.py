@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from builder.engine import Engine
 from builder.errors import BuildFailed
 from builder.normalize import LayerFile, NormalizeReport, load_tar, normalize_image, with_labels
+from builder.normalize.archive import own_reader
 
 
 def load_stream(c: Engine, upload: Any) -> NormalizeReport:
@@ -71,7 +72,7 @@ def normalize_in_engine(c: Engine, image_id: str, epoch: int, *, cache: dict[str
 
         def scan_layer(i: int, diff_id: str, files: list[LayerFile]) -> None:
             f = archive.layers[i][0]  # files' offsets point into it: read it through a reader of its own
-            with (f.clone() if hasattr(f, "clone") else open(f.name, "rb")) as reader:
+            with own_reader(f) as reader:
                 scan(diff_id, files, reader)
 
         def on_layer(i: int, diff_id: str, files: list[LayerFile]) -> None:

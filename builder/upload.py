@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import json
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +24,8 @@ import requests
 from builder import blobs
 from builder.engine import Engine
 from builder.errors import BuildFailed
-from builder.normalize.archive import Archive
-from builder.registry import HTTP_TIMEOUT, registry_url
+from builder.normalize.archive import Archive, Span, own_reader
+from builder.registry import HTTP_TIMEOUT, bearer_token, registry_url
 
 PARALLEL_UPLOADS = 3
 
@@ -49,25 +48,9 @@ class Image:
 def _opened(layer: tuple[BinaryIO, int, int]) -> Iterator[BinaryIO]:
     """The layer's bytes through a file handle of its own (layers are read by several threads)."""
     f, offset, size = layer
-    own = f.clone() if hasattr(f, "clone") else open(f.name, "rb")  # type: ignore[union-attr]
-    try:
+    with own_reader(f) as own:
         own.seek(offset)
-        yield _Window(own, size)  # type: ignore[misc]
-    finally:
-        own.close()
-
-
-class _Window:
-    """``size`` bytes of a file from where it stands (a layer inside an archive)."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
+        yield Span(own, offset, size)  # type: ignore[misc]
 
 
 def describe(c: Engine, image: str, *, pool: concurrent.futures.Executor | None = None) -> Image:
@@ -119,15 +102,11 @@ class Registry:
                 time.sleep(2 * attempt)
         scheme = challenge.headers.get("WWW-Authenticate", "")
         if challenge.status_code == 401 and scheme.lower().startswith("bearer"):
-            params = dict(re.findall(r'(\w+)="([^"]*)"', scheme))
-            realm = params.pop("realm", "")
-            params["scope"] = f"repository:{repo}:pull,push"
-            token = self.http.get(realm, params=params, auth=auth, timeout=HTTP_TIMEOUT)
-            if token.status_code != 200:
-                raise BuildFailed(f"registry {host}: the token service refused these credentials "
-                                  f"(HTTP {token.status_code})")
-            body = token.json()
-            self.http.headers["Authorization"] = f"Bearer {body.get('token') or body.get('access_token')}"
+            token = bearer_token(scheme, auth, f"repository:{repo}:pull,push")
+            if not token:
+                raise BuildFailed(f"registry {host}: its token service gave no push token for {repo} "
+                                  f"(check the credentials: `docker login` or --username)")
+            self.http.headers["Authorization"] = f"Bearer {token}"
         elif challenge.status_code == 401:
             self.http.auth = auth
         elif challenge.status_code >= 400:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from packaging.utils import canonicalize_name
+
 
 def reinstalled(build_log: str, backend: str, group: str) -> bool:
     """Whether the build ran a venv group's install step rather than taking it from the cache
@@ -25,5 +27,5 @@ def downloaded(build_log: str) -> list[str]:
     names = []
     for file in re.findall(r"Downloading (\S+\.(?:whl|tar\.gz|zip))\b", build_log):
         name = file.rsplit("/", 1)[-1].split("-", 1)[0]
-        names.append(re.sub(r"[-_.]+", "-", name).lower())
+        names.append(canonicalize_name(name))
     return sorted(set(names))

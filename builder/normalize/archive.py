@@ -102,7 +102,7 @@ def _layer_file(f: BinaryIO, m: tarfile.TarInfo, diff_id: str, stack: contextlib
         f.seek(m.offset_data)
         out = stack.enter_context(tempfile.NamedTemporaryFile(prefix="pytorch-cuda-layer-", suffix=".tar", dir=tmp_dir))
         digest = hashlib.sha256()
-        with gzip.GzipFile(fileobj=_Span(f, m.offset_data, m.size), mode="rb") as z:
+        with gzip.GzipFile(fileobj=Span(f, m.offset_data, m.size), mode="rb") as z:
             for chunk in iter(lambda: z.read(CHUNK), b""):
                 digest.update(chunk)
                 out.write(chunk)
@@ -116,8 +116,14 @@ def _layer_file(f: BinaryIO, m: tarfile.TarInfo, diff_id: str, stack: contextlib
     return f, m.offset_data, m.size
 
 
-class _Span:
-    """Just enough of a file for gzip: read() within one member's bytes."""
+def own_reader(f: BinaryIO) -> BinaryIO:
+    """Another reader of a layer file, with a position of its own, for another thread: the
+    store's reassembled tar clones itself, an archive's file is opened again."""
+    return f.clone() if hasattr(f, "clone") else open(f.name, "rb")  # type: ignore[attr-defined,union-attr]
+
+
+class Span:
+    """``size`` bytes of a file from where it stands: read() within one member's or layer's bytes."""
 
     def __init__(self, f: BinaryIO, base: int, size: int) -> None:
         self._f, self._base, self._left = f, base, size
