@@ -79,9 +79,9 @@ def _blocks(reader: BinaryIO) -> Iterator[bytes]:
 def compress(reader: BinaryIO, sink: Callable[[bytes], None] | None = None, *,
              pool: concurrent.futures.Executor | None = None) -> Blob:
     """Compress one layer tar into its blob, handed to sink in order; the blob's digests and size.
-    With a pool (compressors()), blocks compress in parallel, at most two per process in flight."""
+    With a pool (compressors()), blocks compress in parallel, at most two per worker in flight."""
     diff_id, digest, size = hashlib.sha256(), hashlib.sha256(), 0
-    in_flight = 2 * getattr(pool, "_max_workers", 1)
+    in_flight = 2 * workers() if pool else 1
     pending: deque[concurrent.futures.Future[bytes]] = deque()
 
     def submit(block: bytes) -> None:
@@ -120,7 +120,7 @@ def manifest(config: bytes, blobs: list[Blob]) -> bytes:
     doc = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,
-        "config": {"mediaType": CONFIG, "size": len(config), "digest": f"sha256:{hashlib.sha256(config).hexdigest()}"},
+        "config": {"mediaType": CONFIG, "size": len(config), "digest": digest_of(config)},
         "layers": [{"mediaType": GZIP_LAYER, "size": b.size, "digest": b.digest} for b in blobs],
     }
     return json.dumps(doc, indent=3).encode() + b"\n"

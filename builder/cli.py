@@ -313,9 +313,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
     with blobs.compressors() as pool:
         described = upload.describe(c, image, pool=pool)
     if args.json:
-        print(json.dumps({"image": image, "image_id": blobs.digest_of(described.config),
+        print(json.dumps({"image": image, "image_id": described.image_id,
                           "manifest_digest": described.digest, "compression": blobs.scheme(),
-                          "config": {"digest": blobs.digest_of(described.config), "size": len(described.config)},
+                          "config": {"digest": described.image_id, "size": len(described.config)},
                           "layers": [{"diff_id": b.diff_id, "digest": b.digest, "size": b.size}
                                      for b in described.blobs]}, indent=2))
     else:

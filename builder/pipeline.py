@@ -136,7 +136,8 @@ def choose_backend(c: Engine, requested: str) -> str:
 
 def engine_build(c: Engine, variant: Variant, backend: str, *, ca: Path | None,
                  edit: dict[str, Callable[[str], str]] | None = None, nocache: bool = False,
-                 quiet: bool = False, out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None, revision: str | None = None) -> str:
+                 quiet: bool = False, out: IO[str] = sys.stdout, extra_hosts: dict[str, str] | None = None,
+                 revision: str | None = None) -> str:
     """The engine's raw build of a variant by the chosen backend: the classic builder gets the CA
     in its context (its install stages only; the final stage copies none), BuildKit as a secret.
     ``edit``: file name → text edit of the context (what a lock bump changes)."""

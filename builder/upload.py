@@ -43,6 +43,10 @@ class Image:
     def digest(self) -> str:
         return blobs.digest_of(self.manifest)
 
+    @property
+    def image_id(self) -> str:
+        return blobs.digest_of(self.config)
+
 
 @contextlib.contextmanager
 def _opened(layer: tuple[BinaryIO, int, int]) -> Iterator[BinaryIO]:
@@ -69,11 +73,15 @@ def _describe(archive: Archive, pool: concurrent.futures.Executor | None) -> Ima
         if blob is None:
             with _opened(layer) as reader:
                 blob = blobs.compress(reader, pool=pool)
-        if blob.diff_id != diff_id:
-            raise BuildFailed(f"layer {diff_id} read back as {blob.diff_id}: the engine's copy changed")
-        out.append(blob)
+        out.append(_checked(blob, diff_id))
     blobs.remember(out)
     return Image(config=archive.config, blobs=out)
+
+
+def _checked(blob: blobs.Blob, diff_id: str) -> blobs.Blob:
+    if blob.diff_id != diff_id:
+        raise BuildFailed(f"layer {diff_id} read back as {blob.diff_id}: the engine's copy changed")
+    return blob
 
 
 def _diff_ids(config: bytes) -> list[str]:
@@ -89,7 +97,7 @@ class Registry:
 
     def __init__(self, host: str, repo: str, auth: tuple[str, str] | None = None) -> None:
         self.base = f"{registry_url(host)}/v2/{repo}"
-        self.host, self.repo = host, repo
+        self.host = host
         self.http = requests.Session()
         for attempt in range(1, 6):  # a registry that is starting answers within seconds
             try:
@@ -125,7 +133,7 @@ class Registry:
         location = response.headers["Location"]
         return location if location.startswith("http") else f"{registry_url(self.host)}{location}"
 
-    def put_blob(self, chunks: Iterator[bytes], digest_after: Callable[[], str], what: str) -> str:
+    def put_blob(self, chunks: Iterator[bytes], digest_after: Callable[[], str], what: str) -> None:
         """Upload a blob streamed in chunks (one chunked PATCH), then close it with its digest."""
         start = self._check(self.http.post(f"{self.base}/blobs/uploads/", timeout=HTTP_TIMEOUT),
                             f"start upload of {what}", 202)
@@ -136,7 +144,6 @@ class Registry:
         location = self._location(patched)
         self._check(self.http.put(location, params={"digest": digest}, timeout=HTTP_TIMEOUT),
                     f"finish upload of {what}", 201)
-        return digest
 
     def put_manifest(self, reference: str, manifest: bytes) -> str:
         response = self._check(self.http.put(f"{self.base}/manifests/{reference}", data=manifest,
@@ -218,10 +225,8 @@ def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth:
                         raise BuildFailed(f"upload of layer {diff_id[:19]} failed {retries} times: {exc}") from None
                     say(f"upload of layer {diff_id[:19]} failed ({exc}); again from its start")
                     time.sleep(2 * attempt)
-            if made[0].diff_id != diff_id:
-                raise BuildFailed(f"layer {diff_id} read back as {made[0].diff_id}: the engine's copy changed")
             with lock:
-                result[i] = made[0]
+                result[i] = _checked(made[0], diff_id)
                 pushed.uploaded += 1
                 pushed.bytes_sent += made[0].size
             say(f"uploaded layer {i + 1}/{len(diff_ids)} {made[0].digest[:19]} ({made[0].size / 1e6:.0f} MB)")
@@ -234,9 +239,8 @@ def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth:
         image_blobs = [result[i] for i in range(len(diff_ids))]
         blobs.remember(image_blobs)
         built = Image(config=archive.config, blobs=image_blobs)
-    config_digest = blobs.digest_of(built.config)
-    if not reg.has_blob(config_digest):
-        reg.put_blob(iter([built.config]), lambda: config_digest, "config")
+    if not reg.has_blob(built.image_id):
+        reg.put_blob(iter([built.config]), lambda: built.image_id, "config")
     got = reg.put_manifest(built.digest, built.manifest)
     if got and got != built.digest:
         raise BuildFailed(f"registry {host} stored the manifest as {got}, expected {built.digest}")
