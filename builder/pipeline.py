@@ -118,19 +118,16 @@ def flavor_debs(variant: Variant) -> list[tuple[aptlock.Pin, Path]]:
 
 
 def choose_backend(c: Engine, requested: str) -> str:
-    """auto: BuildKit where the docker CLI here can drive it for this engine (not on the containerd
-    image store), else classic; both give one image ID (the normalizer makes it so), BuildKit
-    builds groups in parallel, keeps the build CA out of every layer as a secret and pip's
-    downloads in a cache mount."""
+    """auto: BuildKit where the docker CLI here can drive it for this engine, else classic; both
+    give one image ID (the normalizer makes it so), BuildKit builds groups in parallel, keeps the
+    build CA out of every layer as a secret and pip's downloads in a cache mount."""
     if requested not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
     if requested == "buildkit" and not c.info.buildkit:
         raise UserError("--backend buildkit: no BuildKit client here for this engine (it needs the docker "
                         "CLI's buildx plugin, or a docker CLI older than 23); use --backend classic or auto")
     if requested == "auto":
-        # on the containerd image store, BuildKit looks the locally imported base up in its registry
-        # (docker.io) instead of using it, and an offline build fails: the classic builder there
-        return "buildkit" if c.info.buildkit and c.info.image_store != "containerd" else "classic"
+        return "buildkit" if c.info.buildkit else "classic"
     return requested
 
 
