@@ -28,7 +28,8 @@ def docker_client() -> engine.Engine:
 def session_images(docker_client, the_manifest):
     """At the end of the session, remove the images it created: everything tagged under a
     repository named after TEST_REPOSITORY, the raw builds behind them (with the build cache beneath), and the base if
-    the session bootstrapped it. Images and tags that were there before are left alone."""
+    the session bootstrapped it, and BuildKit's build cache. Images and tags that were there before
+    are left alone."""
     before = set(docker_client.image_ids(all=True))
     yield
     if os.environ.get("KEEP_TEST_IMAGES") == "1":
@@ -52,6 +53,7 @@ def session_images(docker_client, the_manifest):
             docker_client.remove_image(image_id, force=True)  # its untagged parents (build cache) go too
         except engine.APIError as exc:
             print(f"cleanup: could not remove {image_id}: {exc}")
+    docker_client.client.api.prune_builds(all=True)  # BuildKit's cache of the session's builds (tens of GB)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from tests.support import TEST_REPOSITORY
 
 def test_rebuild_from_a_cleared_cache_gives_the_same_image_id(runtime_image, docker_client, the_manifest):
     docker_client.untag([the_manifest.base_ref])  # the rebuild bootstraps the base anew
+    # BuildKit's cache, pip's downloads included: cleared, not kept beside a second copy of runtime's stages
+    docker_client.client.api.prune_builds(all=True)
     rebuilt = pipeline.build(docker_client, the_manifest.variant("runtime"), repository=TEST_REPOSITORY,
                              nocache=True, quiet=True)
     assert rebuilt.raw_id != runtime_image.raw_id, "the rebuild came from the cache"
