@@ -22,7 +22,7 @@ STORES = {"overlay2": [], "containerd": ["--containerd-store"]}
 # the backend each store's build uses: BuildKit (auto) on overlay2; the classic builder on the
 # containerd store, where BuildKit built runtime (448 s) but its content store's compressed copy
 # of every layer, beside the snapshots, left normalization's archive no room on CI's disk
-BACKENDS = {"overlay2": "auto", "containerd": "classic"}
+BACKENDS = {"graphdriver": "auto", "containerd": "classic"}  # by the probe's image_store
 REGISTRY_PORT = int(os.environ.get("TEST_ENGINES_REGISTRY_PORT", "5073"))
 
 
