@@ -3,7 +3,10 @@ containerd image store, each started beside the default engine by scripts/start-
 image the default engine built (same image ID). On the containerd store the layers come through
 the image archive (OCI layout, gzip layers) and the image is found by its config digest although
 that engine names it by its manifest digest. Each engine is stopped and its data root removed
-afterwards (a containerd-store build takes about 28 GB)."""
+afterwards (a containerd-store build takes about 28 GB). To make room on CI's disk (about 80 GB),
+this module runs last (tests/conftest.py) and first releases the default engine's BuildKit cache:
+the runtime stages and pip's downloads no later module builds on; each engine's own BuildKit
+cache goes once its runtime is built."""
 from __future__ import annotations
 
 import io
@@ -26,8 +29,14 @@ BACKENDS = {"graphdriver": "auto", "containerd": "classic"}  # by the probe's im
 REGISTRY_PORT = int(os.environ.get("TEST_ENGINES_REGISTRY_PORT", "5073"))
 
 
+@pytest.fixture(scope="module")
+def room(docker_client, runtime_image) -> None:
+    """The default engine's BuildKit cache released (runtime_image itself stays)."""
+    docker_client.client.api.prune_builds(all=True)
+
+
 @pytest.fixture(scope="module", params=list(STORES))
-def modern_engine(request, runtime_image, monkeypatch_module) -> engine.Engine:
+def modern_engine(request, room, monkeypatch_module) -> engine.Engine:
     flags = ["--engine", "28", *STORES[request.param]]
     proc = subprocess.run([str(ROOT / "scripts" / "start-engine"), *flags], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -62,8 +71,12 @@ def test_the_tiny_image_tests_pass_on_docker_28(modern_engine):
 def modern_runtime(modern_engine, the_manifest) -> pipeline.Built:
     """runtime built on this engine by the default backend: BuildKit (through the docker CLI) on the
     overlay2 store, the classic builder on the containerd image store."""
-    return pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True,
-                          backend=BACKENDS[modern_engine.info.image_store])
+    built = pipeline.build(modern_engine, the_manifest.variant("runtime"), quiet=True,
+                           backend=BACKENDS[modern_engine.info.image_store])
+    # room for the push: the raw build, its stages and pip's downloads (the normalized image stays)
+    modern_engine.remove_image(built.raw_id, force=True)
+    modern_engine.client.api.prune_builds(all=True)
+    return built
 
 
 @pytest.fixture(scope="module")
