@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import jsonschema
 
+from builder.blobs import Blob
 from builder.engine import Engine
 from builder.errors import UserError
 from builder.manifest import ROOT, Variant
@@ -42,7 +43,8 @@ LABEL_RECORD = "pytorch-cuda.record.sha256"
 LABEL_SBOM = "pytorch-cuda.sbom.sha256"
 # What record_digest leaves out (see above); also each check's free-text detail, which can name
 # per-run values (a container's fresh host key, say): the digest covers each check's id and result.
-NOT_IN_DIGEST = (("image", "id"), ("base", "image_id"), ("builder",), ("pushes",), ("audit",))
+# The registry digest names the labelled config, so it cannot be under the label either.
+NOT_IN_DIGEST = (("image", "id"), ("base", "image_id"), ("builder",), ("pushes",), ("audit",), ("registry", "digest"))
 
 
 @dataclass(frozen=True)
@@ -175,10 +177,13 @@ def _check(result: Any) -> dict[str, Any]:
 
 def make_record(variant: Variant, *, image: ImageInfo, base: ImageInfo, tags: Iterable[str],
                 facts: dict[str, Any], checks: Iterable[Any], sbom: tuple[Path, str] | None = None,
-                builder: dict[str, Any] | None = None, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+                builder: dict[str, Any] | None = None, audit: dict[str, Any] | None = None,
+                layer_blobs: Iterable[Blob] = (), blob_scheme: str = "") -> dict[str, Any]:
     """The record of one built image. checks: verify's results (empty when verify was skipped:
     then the image is not verified). sbom: (path of the SBOM file, its sha256). audit: the
-    audit's summary (builder/audit.py summary), None when it did not run."""
+    audit's summary (builder/audit.py summary), None when it did not run. layer_blobs: each
+    layer's registry blob, compressed as blob_scheme says (the manifest digest is added once the
+    image carries its labels, by release.record_build)."""
     results = [_check(r) for r in checks]
     record = {
         "record_version": RECORD_VERSION,
@@ -189,6 +194,9 @@ def make_record(variant: Variant, *, image: ImageInfo, base: ImageInfo, tags: It
         "base": {"ref": base.ref, "image_id": base.id, "diff_ids": base.diff_ids},
         "source_date_epoch": variant.manifest.source_date_epoch,
         "image": {"id": image.id, "diff_ids": image.diff_ids},
+        **({"registry": {"compression": blob_scheme,
+                         "blobs": [{"digest": b.digest, "size": b.size} for b in layer_blobs]}}
+           if layer_blobs else {}),
         "tags": list(tags),
         "facts": facts,
         "checks": results,

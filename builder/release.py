@@ -25,6 +25,7 @@ from builder.engine import Engine
 from builder.errors import BuildFailed, UserError
 from builder.manifest import Manifest
 from builder.pipeline import Built
+from builder.normalize import with_labels
 from builder.rewrite import relabel_in_engine
 from builder.tags import full_tag, observed_versions
 
@@ -117,19 +118,28 @@ def record_build(c: Engine, built: Built, checks: list, records_dir: Path = reco
     """
     variant, manifest = built.variant, built.variant.manifest
     tag = full_tag(observed_versions(built.facts), variant.flavor)
+    if not quiet:
+        print("compressing the layers as a push will (their blobs and the registry digest go into the record)",
+              flush=True)
+    with blobs.compressors() as pool:  # layers compressed before (a flavor's runtime part) come from the index
+        layer_blobs = upload.describe(c, built.image_id, pool=pool).blobs
+    scheme = blobs.scheme()
     sbom_file = sbom.sbom_for_image(c, built.image_id, variant=variant.name, name=manifest.name, tag=tag,
                                     source_date_epoch=manifest.source_date_epoch, locks=record.lock_files(variant),
-                                    records_dir=records_dir)
+                                    records_dir=records_dir, layer_blobs=layer_blobs, blob_scheme=scheme)
     audited, audited_at = None, datetime.now(timezone.utc)
     if audit_sources and checks and all(r.ok for r in checks):
         audited = run_audit(c, built.image_id, manifest, audit_sources)
     rec = record.make_record(variant, image=record.inspect_image(c, built.image_id),
                              base=record.inspect_image(c, manifest.base_ref), tags=built.refs, facts=built.facts,
-                             checks=checks, sbom=sbom_file, builder=record.builder_info(c))
-    labelled = relabel_in_engine(c, built.config, record.attachment_labels(rec), manifest.source_date_epoch)
+                             checks=checks, sbom=sbom_file, builder=record.builder_info(c),
+                             layer_blobs=layer_blobs, blob_scheme=scheme)
+    labels = record.attachment_labels(rec)
+    labelled = relabel_in_engine(c, built.config, labels, manifest.source_date_epoch)
+    rec["registry"]["digest"] = blobs.digest_of(blobs.manifest(with_labels(built.config, labels), layer_blobs))
     if labelled != built.image_id:
-        with_labels = record.inspect_image(c, labelled)
-        rec["image"]["id"], rec["sizes"]["image_bytes"] = with_labels.id, with_labels.size
+        labelled_info = record.inspect_image(c, labelled)
+        rec["image"]["id"], rec["sizes"]["image_bytes"] = labelled_info.id, labelled_info.size
         # the unlabelled image stays: it costs a config file, and an unchanged rebuild finds it
         # instead of normalizing 7 GB again
     if audited is not None:  # outside the label digest, so it is added after labelling

@@ -38,6 +38,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from builder.audit import CVE, Finding, Result
+from builder.blobs import Blob
 from builder.engine import Engine
 from builder.errors import BuildFailed
 
@@ -148,15 +149,23 @@ def deb_component(package: DebPackage, os_id: str, os_version: str) -> Component
 
 
 def make_bom(inv: Inventory, *, name: str, tag: str, diff_ids: list[str], source_date_epoch: int,
-             locks: Iterable[Path], builder_version: str = "0") -> Bom:
+             locks: Iterable[Path], builder_version: str = "0", layer_blobs: Iterable[Blob] = (),
+             blob_scheme: str = "") -> Bom:
     """The SBOM of one image: root component = the image (name, version = its full tag).
-    locks: every hash lock the venv was installed from (runtime's and each flavor layer's)."""
+    locks: every hash lock the venv was installed from (runtime's and each flavor layer's).
+    layer_blobs: each layer's registry blob (builder/blobs.py, compressed as ``blob_scheme``
+    says), what a push uploads. The manifest digest itself cannot be here: it names the config,
+    which carries this SBOM's digest as a label; the build record has it."""
     locks = list(locks)
     locked: dict[str, tuple[str, list[str]]] = {}
     for lock in locks:
         locked.update(lock_hashes(lock))
+    layer_props = [Property(name=f"{PROP}:layer-diff-id", value=d) for d in diff_ids]
+    # "<diff id> <blob digest> <size>": CycloneDX sorts properties, so each names its layer
+    layer_props += [Property(name=f"{PROP}:layer-blob", value=f"{b.diff_id} {b.digest} {b.size}") for b in layer_blobs]
+    layer_props += [Property(name=f"{PROP}:blob-compression", value=blob_scheme)] if blob_scheme else []
     root = Component(type=ComponentType.CONTAINER, name=name, version=tag, bom_ref=f"image:{name}:{tag}",
-                     properties=[Property(name=f"{PROP}:layer-diff-id", value=d) for d in diff_ids])
+                     properties=layer_props)
     components = [python_component(p, locked) for p in inv.python]
     components += [deb_component(p, inv.os_id, inv.os_version) for p in inv.deb]
     timestamp = datetime.datetime.fromtimestamp(source_date_epoch, datetime.timezone.utc)
@@ -202,12 +211,14 @@ def file_name(variant: str, text: str) -> str:
 
 def sbom_for_image(c: Engine, image: str, *, variant: str, name: str, tag: str,
                    source_date_epoch: int, locks: Iterable[Path], records_dir: Path,
-                   builder_version: str = "0") -> tuple[Path, str]:
+                   builder_version: str = "0", layer_blobs: Iterable[Blob] = (),
+                   blob_scheme: str = "") -> tuple[Path, str]:
     """Inventory the image and write its SBOM into records_dir; return (path, sha256), which is
     what record.make_record takes as `sbom`."""
     diff_ids = c.diff_ids(image)
     bom = make_bom(inventory(c, image), name=name, tag=tag, diff_ids=diff_ids,
-                   source_date_epoch=source_date_epoch, locks=locks, builder_version=builder_version)
+                   source_date_epoch=source_date_epoch, locks=locks, builder_version=builder_version,
+                   layer_blobs=layer_blobs, blob_scheme=blob_scheme)
     text = to_json(bom)
     path = Path(records_dir) / file_name(variant, text)
     return path, write(text, path)

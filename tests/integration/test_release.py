@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from builder import record, registry, release, sbom
+from builder import record, registry, release, sbom, upload
 from builder.errors import UserError
 from tests.integration.test_registry import HOST, reg  # noqa: F401  (the registry fixture)
 from tests.support import ROOT, TEST_REPOSITORY
@@ -31,7 +31,7 @@ def released(runtime_image, tmp_path_factory):
 
 
 def test_record_lists_inputs_versions_checks_and_layers(released, docker_client):
-    _, rec = released
+    records, rec = released
     assert rec["verified"] is True and all(c["ok"] for c in rec["checks"])
     assert rec["facts"]["torch"] == "2.8.0+cu128"
     assert rec["source_date_epoch"] == 1795824000
@@ -39,6 +39,13 @@ def test_record_lists_inputs_versions_checks_and_layers(released, docker_client)
     assert labels[record.LABEL_RECORD] == record.record_digest(rec)
     assert labels[record.LABEL_SBOM] == rec["sbom"]["sha256"]
     assert docker_client.image_id(rec["tags"][0]) == rec["image"]["id"]
+    # what a push will upload, each layer's blob in the record and the SBOM alike
+    described = upload.describe(docker_client, rec["image"]["id"])
+    assert rec["registry"]["digest"] == described.digest
+    assert rec["registry"]["blobs"] == [{"digest": b.digest, "size": b.size} for b in described.blobs]
+    image = json.loads((records / rec["sbom"]["path"]).read_text())["metadata"]["component"]
+    assert {p["value"] for p in image["properties"] if p["name"] == "pytorch-cuda:layer-blob"} == \
+        {f"{b.diff_id} {b.digest} {b.size}" for b in described.blobs}
 
 
 def test_sbom_lists_torch_and_cudnn_with_lock_hashes_and_os_packages(released):
@@ -77,6 +84,7 @@ def test_push_then_pull_by_tag_and_digest(released, docker_client, reg):  # noqa
     records, rec = released
     digests = release.push(docker_client, rec["tags"][0], f"{HOST}/team", records_dir=records, quiet=True)
     assert len(digests) == len(rec["tags"])
+    assert set(digests.values()) == {rec["registry"]["digest"]}  # the record named it before the push
     pushed = record.find_record(records, rec["image"]["id"])
     assert [p["pulled_image_id"] for p in pushed["pushes"]] == [rec["image"]["id"]] * len(digests)
     remote, digest = next(iter(digests.items()))

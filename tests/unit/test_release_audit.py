@@ -10,7 +10,8 @@ import types
 
 import pytest
 
-from builder import audit, cli, engine, manifest, record, release, sbom
+from builder import audit, blobs, cli, engine, manifest, record, release, sbom, upload
+from builder.normalize import with_labels
 from builder.errors import UserError
 from builder.verify import CheckResult
 from tests.unit.test_record import BASE_ID, BUILDER, DIFF_IDS, FACTS, TAGS
@@ -18,6 +19,7 @@ from tests.unit.test_sbom import inventory, render
 
 BUILT_ID = "sha256:" + "1" * 64
 LABELLED_ID = "sha256:" + "2a3b4c5d6e7f" + "2" * 52
+BLOBS = [blobs.Blob(d, "sha256:" + f"{i:x}" * 64, 1000 + i) for i, d in enumerate(DIFF_IDS, start=10)]
 PASSED = [CheckResult("torch-version", True, "ok"), CheckResult("security-pocket", True, "lock 20 days old", warn=True)]
 
 
@@ -54,6 +56,7 @@ class Stand:
         monkeypatch.setattr(release.record, "builder_info", lambda c=None: dict(BUILDER))
         monkeypatch.setattr(release, "relabel_in_engine", lambda c, config, labels, epoch: LABELLED_ID)
         monkeypatch.setattr(release.audit, "audit", audit_one)
+        monkeypatch.setattr(release.upload, "describe", lambda c, image, pool=None: upload.Image(b"{}", BLOBS))
         self.records = tmp_path / "records"
         self.variant = manifest.load().variant("runtime")
 
@@ -95,6 +98,19 @@ def test_the_label_digest_is_the_same_with_or_without_the_audit(monkeypatch, tmp
     without = stand.build(audit_sources=())
     assert without["audit"] is None
     assert record.record_digest(with_audit) == record.record_digest(without)
+
+
+def test_the_record_and_sbom_carry_what_a_push_uploads(monkeypatch, tmp_path):
+    """Each layer's blob in both; the manifest digest in the record only, computed for the labelled
+    config (the one pushed) and outside the label digest, which that config carries."""
+    stand = Stand(monkeypatch, tmp_path)
+    rec = stand.build(audit_sources=())
+    assert rec["registry"]["blobs"] == [{"digest": b.digest, "size": b.size} for b in BLOBS]
+    assert rec["registry"]["compression"] == blobs.scheme()
+    labels = record.attachment_labels(rec)
+    assert rec["registry"]["digest"] == blobs.digest_of(blobs.manifest(with_labels(b"{}", labels), BLOBS))
+    assert record.record_digest({**rec, "registry": {**rec["registry"], "digest": "sha256:" + "0" * 64}}) \
+        == labels[record.LABEL_RECORD]
 
 
 def test_no_audit_when_verify_failed_or_was_skipped(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from builder import sbom
+from builder import blobs, sbom
 from builder.errors import BuildFailed
 from tests.support import ROOT
 
@@ -104,6 +104,17 @@ def test_root_is_the_image_and_metadata_is_fixed(document):
     assert document["metadata"]["timestamp"].startswith("2026-11-28T00:00:00")
     assert document["specVersion"] == "1.6" and document["bomFormat"] == "CycloneDX"
     assert document["serialNumber"] == f"urn:uuid:{sbom.serial_number(DIFF_IDS)}"
+
+
+def test_the_image_lists_each_layers_registry_blob_after_its_diff_ids():
+    layer_blobs = [blobs.Blob(d, "sha256:" + f"{i}" * 64, 100 + i) for i, d in enumerate(DIFF_IDS, start=1)]
+    document = json.loads(sbom.to_json(sbom.make_bom(inventory(), name="pytorch-cuda", tag=TAG, diff_ids=DIFF_IDS,
+                                                     source_date_epoch=EPOCH, locks=(LOCK,), layer_blobs=layer_blobs,
+                                                     blob_scheme="gzip:test")))
+    properties = {(p["name"], p["value"]) for p in document["metadata"]["component"]["properties"]}
+    assert properties == ({("pytorch-cuda:layer-diff-id", d) for d in DIFF_IDS}
+                          | {("pytorch-cuda:layer-blob", f"{b.diff_id} {b.digest} {b.size}") for b in layer_blobs}
+                          | {("pytorch-cuda:blob-compression", "gzip:test")})
 
 
 def test_same_image_same_bytes_other_layers_other_serial():
