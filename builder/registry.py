@@ -316,10 +316,11 @@ def _full_id(image_id: str) -> str:
 # --- the registry's HTTP API ----------------------------------------------------------------
 
 
-def bearer_token(challenge: str, auth: tuple[str, str] | None, scope: str | None = None) -> str | None:
+def bearer_token(challenge: str, auth: tuple[str, str] | None, scope: str | list[str] | None = None) -> str | None:
     """A token from the registry's token service for its Bearer challenge (realm, service, scope;
-    ``scope`` asks for another, e.g. push), or None when there is no realm or the service refuses."""
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    ``scope`` asks for others, e.g. push, or pull from a repository to mount from), or None when
+    there is no realm or the service refuses."""
+    params: dict[str, str | list[str]] = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", None)
     if not realm:
         return None

@@ -173,10 +173,13 @@ def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECOR
         repo, tag = registry.split_ref(remote)
         by_repo.setdefault(repo, []).append(tag)
     digests: dict[str, str] = {}
+    first = ""  # the repository pushed first: the others mount its blobs
     with blobs.compressors() as pool:
         for repo, repo_tags in by_repo.items():
-            pushed = upload.push(c, image_id, host, repo.split("/", 1)[1], repo_tags, auth=auth, pool=pool,
+            path = repo.split("/", 1)[1]
+            pushed = upload.push(c, image_id, host, path, repo_tags, auth=auth, pool=pool, mount_from=first,
                                  say=(lambda line: None) if quiet else print)
+            first = first or path
             digests |= {f"{repo}:{tag}": pushed.digest for tag in repo_tags}
             if not quiet:
                 print(f"pushed {repo}@{pushed.digest} ({', '.join(repo_tags)}): {pushed.uploaded} blobs uploaded "

@@ -95,8 +95,9 @@ class Registry:
     """One repository of one registry, with the credentials a push needs (Basic, or a Bearer
     token for pull and push fetched once from the registry's token service)."""
 
-    def __init__(self, host: str, repo: str, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, host: str, repo: str, auth: tuple[str, str] | None = None, mount_from: str = "") -> None:
         self.base = f"{registry_url(host)}/v2/{repo}"
+        self.mount_from = mount_from
         self.host = host
         self.http = requests.Session()
         for attempt in range(1, 6):  # a registry that is starting answers within seconds
@@ -110,7 +111,8 @@ class Registry:
                 time.sleep(2 * attempt)
         scheme = challenge.headers.get("WWW-Authenticate", "")
         if challenge.status_code == 401 and scheme.lower().startswith("bearer"):
-            token = bearer_token(scheme, auth, f"repository:{repo}:pull,push")
+            scopes = [f"repository:{repo}:pull,push"] + ([f"repository:{mount_from}:pull"] if mount_from else [])
+            token = bearer_token(scheme, auth, scopes)
             if not token:
                 raise BuildFailed(f"registry {host}: its token service gave no push token for {repo} "
                                   f"(check the credentials: `docker login` or --username)")
@@ -128,6 +130,18 @@ class Registry:
 
     def has_blob(self, digest: str) -> bool:
         return self.http.head(f"{self.base}/blobs/{digest}", timeout=HTTP_TIMEOUT).status_code == 200
+
+    def mount_blob(self, digest: str) -> bool:
+        """Link a blob of the repository named by mount_from into this one, without uploading it
+        (a push of one image to several repositories of one registry); False where the registry
+        did not (it may then have opened an upload, which is cancelled)."""
+        if not self.mount_from:
+            return False
+        response = self.http.post(f"{self.base}/blobs/uploads/", params={"mount": digest, "from": self.mount_from},
+                                  timeout=HTTP_TIMEOUT)
+        if response.status_code == 202 and "Location" in response.headers:
+            self.http.delete(self._location(response), timeout=HTTP_TIMEOUT)
+        return response.status_code == 201
 
     def _location(self, response: requests.Response) -> str:
         location = response.headers["Location"]
@@ -181,26 +195,27 @@ def _streamed(layer: tuple[BinaryIO, int, int], pool: concurrent.futures.Executo
 class Pushed:
     digest: str
     uploaded: int = 0  # blobs sent
-    skipped: int = 0   # blobs the registry had
+    skipped: int = 0   # blobs the registry had (in this repository, or mounted from mount_from)
     bytes_sent: int = 0
     seconds: float = 0.0
 
 
 def push(c: Engine, image: str, host: str, repo: str, tags: list[str], *,
-         auth: tuple[str, str] | None = None, retries: int = 3,
+         auth: tuple[str, str] | None = None, retries: int = 3, mount_from: str = "",
          pool: concurrent.futures.Executor | None = None, say: Callable[[str], None] = print) -> Pushed:
-    """Upload ``image`` to HOST/REPO and put its tags; the manifest digest and what moved."""
+    """Upload ``image`` to HOST/REPO and put its tags; the manifest digest and what moved.
+    mount_from: a repository of the same registry that holds the image's blobs already (an
+    earlier push of it), mounted from there instead of uploaded again."""
     try:
-        return _push(c, image, host, repo, tags, auth=auth, retries=retries, pool=pool, say=say)
+        return _push(c, image, Registry(host, repo, auth, mount_from), tags, retries=retries, pool=pool, say=say)
     except requests.RequestException as exc:
         raise BuildFailed(f"registry {host} went away during the push ({exc.__class__.__name__}); no tag was "
                           f"written unless its manifest was complete: run the push again") from None
 
 
-def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth: tuple[str, str] | None,
-          retries: int, pool: concurrent.futures.Executor | None, say: Callable[[str], None]) -> Pushed:
+def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int,
+          pool: concurrent.futures.Executor | None, say: Callable[[str], None]) -> Pushed:
     started = time.monotonic()
-    reg = Registry(host, repo, auth)
     seen = blobs.known()
     with c.layers(image) as (archive, _source):
         diff_ids = _diff_ids(archive.config)
@@ -211,7 +226,7 @@ def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth:
         def one(i: int) -> None:
             diff_id, layer = diff_ids[i], archive.layers[i]
             known = seen.get(diff_id)
-            if known and reg.has_blob(known.digest):
+            if known and (reg.has_blob(known.digest) or reg.mount_blob(known.digest)):
                 with lock:
                     result[i], pushed.skipped = known, pushed.skipped + 1
                 return
@@ -239,11 +254,11 @@ def _push(c: Engine, image: str, host: str, repo: str, tags: list[str], *, auth:
         image_blobs = [result[i] for i in range(len(diff_ids))]
         blobs.remember(image_blobs)
         built = Image(config=archive.config, blobs=image_blobs)
-    if not reg.has_blob(built.image_id):
+    if not (reg.has_blob(built.image_id) or reg.mount_blob(built.image_id)):
         reg.put_blob(iter([built.config]), lambda: built.image_id, "config")
     got = reg.put_manifest(built.digest, built.manifest)
     if got and got != built.digest:
-        raise BuildFailed(f"registry {host} stored the manifest as {got}, expected {built.digest}")
+        raise BuildFailed(f"registry {reg.host} stored the manifest as {got}, expected {built.digest}")
     for tag in tags:  # last: a tag names a manifest that is there
         reg.put_manifest(tag, built.manifest)
     pushed.digest = built.digest

@@ -1,8 +1,9 @@
 """The project's own push (builder/upload.py) against real registries (scripts/start-registry, each
 with its own storage) and the real engine, on a small image with a layer of several blocks: one
 manifest digest to every registry, the digest `describe` computes without pushing, a pull by that
-digest gives the image ID back, a second push uploads nothing, and the layers read through the
-image archive give the same blobs as the engine's store. Images, tags and registries made here
+digest gives the image ID back, a second push uploads nothing, a push to another repository of
+the registry mounts the blobs instead, and the layers read through the image archive give the
+same blobs as the engine's store. Images, tags and registries made here
 are removed at the end, also when a test fails."""
 from __future__ import annotations
 
@@ -98,6 +99,17 @@ def test_a_second_push_uploads_nothing(docker_client, small_image, registries, d
     pushed = upload.push(docker_client, small_image, registries[0], REPO, ["v2"], say=lambda line: None)
     assert (pushed.uploaded, pushed.skipped, pushed.digest) == (0, 3, described.digest)
     assert registry.fetch_manifest(registries[0], REPO, "v2")[1] == described.digest
+
+
+def test_a_push_to_another_repository_mounts_the_blobs_from_the_first(docker_client, small_image, registries,
+                                                                     described):
+    upload.push(docker_client, small_image, registries[0], REPO, ["v1"], say=lambda line: None)  # there already
+    other = f"{REPO}-mirror"
+    assert not upload.Registry(registries[0], other).has_blob(described.blobs[0].digest)  # not there until mounted
+    pushed = upload.push(docker_client, small_image, registries[0], other, ["v1"], mount_from=REPO,
+                         say=lambda line: None)
+    assert (pushed.uploaded, pushed.skipped, pushed.digest) == (0, 3, described.digest)
+    assert registry.remote_problems(registries[0], other, described.digest, expected_image_id=small_image) == []
 
 
 def test_the_image_archive_gives_the_same_blobs_as_the_store(docker_client, small_image, described, tmp_path,
