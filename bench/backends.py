@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Side by side on one engine, in one run: the runtime image cold-built by each backend this
 engine has (classic, BuildKit), its warm rebuild and a rebuild after a one-package lock bump,
-next to a naive single-stage Dockerfile with the same packages; push of each to a fresh local
-registry and pull into an engine that holds none of their layers; the builder's peak memory.
+next to a naive single-stage Dockerfile with the same packages; push of runtime by the project's
+own upload (its manifest digest, compressed size) and by the engine's `docker push`, and of the
+naive image, each to a fresh local registry; pull into an engine that holds none of their layers;
+the builder's peak memory.
 Adds one row per engine and backend to bench/results/build.json (`rows`, replacing that engine
 and backend's earlier row).
 
 Targets (on 2 cores): BuildKit cold build (base + build + normalize) ≤ 1.3× the naive build; lock
-bump rebuild ≤ 60 s reinstalling no torch or NVIDIA group; push ≤ 0.6× the naive push, pull ≤
+bump rebuild ≤ 60 s reinstalling no torch or NVIDIA group; push ≤ 0.6× the naive push and ≤ 0.6×
+the engine's push of the same image, pull ≤
 the naive pull; image not larger than the naive one; builder peak RSS < 512 MB; both backends
 one image ID. Run with `make bench` (about 40 min on 2 cores, ~45 GB of disk at its peak).
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from build import RESULTS, naive_context, timed  # noqa: E402  (bench/build.py)
 
-from builder import context, engine, lock, manifest, pipeline, registry  # noqa: E402
+from builder import blobs, context, engine, lock, manifest, pipeline, registry, upload  # noqa: E402
 from builder.engine.buildlog import downloaded, reinstalled  # noqa: E402
 from packaging.utils import canonicalize_name  # noqa: E402
 
@@ -96,27 +99,41 @@ def stop_registry(port: int, folder: str) -> None:
     subprocess.run([str(ROOT / "scripts" / "stop-registry")], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
-def push_and_pull(c: engine.Engine, images: dict[str, str], before: set[str]) -> dict:
-    """Push each image to its own fresh registry, then remove every image this run made (so the
-    engine holds none of their layers: nothing from before shares them, main checks) and pull
-    each back by digest, timed."""
+def own_push(c: engine.Engine, image_id: str, address: str) -> tuple[str, int]:
+    """The project's push (builder/upload.py) with no blob compressed before: (manifest digest,
+    compressed bytes)."""
+    with tempfile.TemporaryDirectory(prefix="pytorch-cuda-bench-blobs-") as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        with blobs.compressors() as pool:
+            pushed = upload.push(c, image_id, address, "bench/runtime", ["bench"], pool=pool, say=lambda line: None)
+        return pushed.digest, pushed.bytes_sent
+
+
+def push_and_pull(c: engine.Engine, runtime_id: str, naive_id: str, before: set[str]) -> dict:
+    """Each push to its own fresh registry: runtime by the project's push and by the engine's
+    (`docker push`), the naive image by the engine's. Then every image this run made is removed
+    (so the engine holds none of their layers: nothing from before shares them, main checks), and
+    runtime (the project's push) and the naive image are pulled back by digest, timed."""
     out: dict = {}
+    pushes = ["runtime", "runtime_engine", "naive"]
     with tempfile.TemporaryDirectory(prefix="pytorch-cuda-bench-registry-") as folder:
-        ports = {name: 5100 + i for i, name in enumerate(images)}
-        refs = {}
+        ports = {name: 5100 + i for i, name in enumerate(pushes)}
         try:
-            for name, image_id in images.items():
-                address = start_registry(ports[name], os.path.join(folder, name))
+            addresses = {name: start_registry(ports[name], os.path.join(folder, name)) for name in pushes}
+            (digest, out["compressed_bytes"]), out["push_s"] = timed(lambda: own_push(c, runtime_id, addresses["runtime"]))
+            out["manifest_digest"] = digest
+            refs = {"runtime": f"{addresses['runtime']}/bench/runtime@{digest}"}
+            for name, image_id in [("runtime_engine", runtime_id), ("naive", naive_id)]:
                 digests, out[f"{name}_push_s"] = timed(lambda: registry.push(
-                    c, image_id, [f"{name}:bench"], address, "bench", quiet=True))
-                (remote, digest), = digests.items()
-                refs[name] = f"{remote.rpartition(':')[0]}@{digest}"
+                    c, image_id, [f"{name}:bench"], addresses[name], "bench", quiet=True))
+                (remote, pushed), = digests.items()
+                refs[name] = f"{remote.rpartition(':')[0]}@{pushed}"
             remove_created(c, before)
-            for name, ref in refs.items():
-                _, out[f"{name}_pull_s"] = timed(lambda: c.pull(ref))
-                c.remove_image(ref, force=True)
+            for name in ("runtime", "naive"):
+                _, out[f"{name}_pull_s"] = timed(lambda: c.pull(refs[name]))
+                c.remove_image(refs[name], force=True)
         finally:
-            for name in images:
+            for name in pushes:
                 stop_registry(ports[name], os.path.join(folder, name))
     return out
 
@@ -154,6 +171,7 @@ def targets(row: dict) -> dict:
         "lock_bump_under_60s_without_big_wheels": row["lock_bump_rebuild_s"] <= 60
         and not row["lock_bump_downloaded_big_wheels"] and row["lock_bump_reinstalled"] == [row["lock_bump_group"]],
         "push_at_most_0.6x_naive": row["push_s"] <= 0.6 * row["naive_push_s"],
+        "push_at_most_0.6x_engine_push": row["push_s"] <= 0.6 * row["engine_push_s"],
         "pull_at_most_naive": row["pull_s"] <= row["naive_pull_s"],
         "not_larger_than_naive": row["image_bytes"] <= row["naive_image_bytes"],
         "peak_rss_under_512MB": row["peak_rss_mb"] < 512,
@@ -198,10 +216,12 @@ def main() -> int:
         naive_id, naive_s = timed(lambda: c.build(naive_context(m.base_ref, " ".join(variant.requirements("runtime")), ca),
                                                   target="", nocache=True, quiet=True))
         naive_bytes = c.size(naive_id)
-        moved = push_and_pull(c, {"runtime": rows[0]["image_id"], "naive": naive_id}, before)
+        moved = push_and_pull(c, rows[0]["image_id"], naive_id, before)
         for row in rows:
             row |= {"naive_cold_build_s": naive_s, "naive_image_bytes": naive_bytes,
-                    "push_s": moved["runtime_push_s"], "naive_push_s": moved["naive_push_s"],
+                    "push_s": moved["push_s"], "engine_push_s": moved["runtime_engine_push_s"],
+                    "naive_push_s": moved["naive_push_s"], "manifest_digest": moved["manifest_digest"],
+                    "compression": blobs.scheme(), "compressed_bytes": moved["compressed_bytes"],
                     "pull_s": moved["runtime_pull_s"], "naive_pull_s": moved["naive_pull_s"],
                     "identical_ids": len({r["image_id"] for r in rows}) == 1}
             row["targets"] = targets(row)
