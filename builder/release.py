@@ -152,8 +152,13 @@ def record_build(c: Engine, built: Built, checks: list, records_dir: Path = reco
 
 
 def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECORDS,
-         quiet: bool = False, auth_config: dict | None = None, latest: bool = False) -> dict[str, str]:
+         quiet: bool = False, auth_config: dict | None = None, latest: bool = False,
+         compression: blobs.Compression = blobs.GZIP) -> dict[str, str]:
     """Push every tag of a verified image to HOST[:PORT]/NAMESPACE, pull it back by digest, record it."""
+    if compression is blobs.ZSTD and c.info.major < 23:
+        raise UserError(f"--compression zstd: Docker {c.info.server_version} cannot pull zstd layers (Docker 23 "
+                        f"and later can), so the pull-back check after the push would fail. Nothing was pushed: "
+                        f"push with gzip, or from an engine that pulls zstd")
     if not c.image_exists(image):
         raise UserError(f"no image {image} in the engine: build its variant first "
                         f"(`python build.py list` names them)")
@@ -178,7 +183,7 @@ def push(c: Engine, image: str, target: str, *, records_dir: Path = record.RECOR
         for repo, repo_tags in by_repo.items():
             path = repo.split("/", 1)[1]
             pushed = upload.push(c, image_id, host, path, repo_tags, auth=auth, pool=pool, mount_from=first,
-                                 say=(lambda line: None) if quiet else print)
+                                 compression=compression, say=(lambda line: None) if quiet else print)
             first = first or path
             digests |= {f"{repo}:{tag}": pushed.digest for tag in repo_tags}
             if not quiet:

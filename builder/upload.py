@@ -34,10 +34,11 @@ PARALLEL_UPLOADS = 3
 class Image:
     config: bytes
     blobs: list[blobs.Blob]
+    compression: blobs.Compression = blobs.GZIP
 
     @property
     def manifest(self) -> bytes:
-        return blobs.manifest(self.config, self.blobs)
+        return blobs.manifest(self.config, self.blobs, self.compression)
 
     @property
     def digest(self) -> str:
@@ -57,25 +58,26 @@ def _opened(layer: tuple[BinaryIO, int, int]) -> Iterator[BinaryIO]:
         yield Span(own, offset, size)  # type: ignore[misc]
 
 
-def describe(c: Engine, image: str, *, pool: concurrent.futures.Executor | None = None) -> Image:
+def describe(c: Engine, image: str, *, pool: concurrent.futures.Executor | None = None,
+             compression: blobs.Compression = blobs.GZIP) -> Image:
     """The config and blobs a push of ``image`` uploads: blobs compressed before on this machine
     come from the index, the others are compressed (and remembered) without being kept."""
     with c.layers(image) as (archive, _source):
-        return _describe(archive, pool)
+        return _describe(archive, pool, compression)
 
 
-def _describe(archive: Archive, pool: concurrent.futures.Executor | None) -> Image:
+def _describe(archive: Archive, pool: concurrent.futures.Executor | None, compression: blobs.Compression) -> Image:
     diff_ids = _diff_ids(archive.config)
-    seen = blobs.known()
+    seen = blobs.known(compression)
     out = []
     for diff_id, layer in zip(diff_ids, archive.layers):
         blob = seen.get(diff_id)
         if blob is None:
             with _opened(layer) as reader:
-                blob = blobs.compress(reader, pool=pool)
+                blob = blobs.compress(reader, pool=pool, compression=compression)
         out.append(_checked(blob, diff_id))
-    blobs.remember(out)
-    return Image(config=archive.config, blobs=out)
+    blobs.remember(out, compression)
+    return Image(config=archive.config, blobs=out, compression=compression)
 
 
 def _checked(blob: blobs.Blob, diff_id: str) -> blobs.Blob:
@@ -159,22 +161,22 @@ class Registry:
         self._check(self.http.put(location, params={"digest": digest}, timeout=HTTP_TIMEOUT),
                     f"finish upload of {what}", 201)
 
-    def put_manifest(self, reference: str, manifest: bytes) -> str:
+    def put_manifest(self, reference: str, manifest: bytes, media_type: str) -> str:
         response = self._check(self.http.put(f"{self.base}/manifests/{reference}", data=manifest,
-                                             headers={"Content-Type": blobs.MANIFEST}, timeout=HTTP_TIMEOUT),
+                                             headers={"Content-Type": media_type}, timeout=HTTP_TIMEOUT),
                                f"put manifest {reference}", 201)
         return response.headers.get("Docker-Content-Digest", "")
 
 
 def _streamed(layer: tuple[BinaryIO, int, int], pool: concurrent.futures.Executor | None,
-              result: list[blobs.Blob]) -> Iterator[bytes]:
+              result: list[blobs.Blob], compression: blobs.Compression) -> Iterator[bytes]:
     """The layer's blob as it is compressed (in a thread; the upload reads as it comes)."""
     members: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
 
     def work() -> None:
         try:
             with _opened(layer) as reader:
-                result.append(blobs.compress(reader, members.put, pool=pool))
+                result.append(blobs.compress(reader, members.put, pool=pool, compression=compression))
             members.put(None)
         except BaseException as exc:  # handed to the reader, which raises it
             members.put(exc)
@@ -202,21 +204,24 @@ class Pushed:
 
 def push(c: Engine, image: str, host: str, repo: str, tags: list[str], *,
          auth: tuple[str, str] | None = None, retries: int = 3, mount_from: str = "",
-         pool: concurrent.futures.Executor | None = None, say: Callable[[str], None] = print) -> Pushed:
+         pool: concurrent.futures.Executor | None = None, compression: blobs.Compression = blobs.GZIP,
+         say: Callable[[str], None] = print) -> Pushed:
     """Upload ``image`` to HOST/REPO and put its tags; the manifest digest and what moved.
     mount_from: a repository of the same registry that holds the image's blobs already (an
     earlier push of it), mounted from there instead of uploaded again."""
     try:
-        return _push(c, image, Registry(host, repo, auth, mount_from), tags, retries=retries, pool=pool, say=say)
+        return _push(c, image, Registry(host, repo, auth, mount_from), tags, retries=retries, pool=pool,
+                     compression=compression, say=say)
     except requests.RequestException as exc:
         raise BuildFailed(f"registry {host} went away during the push ({exc.__class__.__name__}); no tag was "
                           f"written unless its manifest was complete: run the push again") from None
 
 
 def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int,
-          pool: concurrent.futures.Executor | None, say: Callable[[str], None]) -> Pushed:
+          pool: concurrent.futures.Executor | None, compression: blobs.Compression,
+          say: Callable[[str], None]) -> Pushed:
     started = time.monotonic()
-    seen = blobs.known()
+    seen = blobs.known(compression)
     with c.layers(image) as (archive, _source):
         diff_ids = _diff_ids(archive.config)
         result: dict[int, blobs.Blob] = {}
@@ -233,7 +238,8 @@ def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int
             for attempt in range(1, retries + 1):
                 made: list[blobs.Blob] = []
                 try:
-                    reg.put_blob(_streamed(layer, pool, made), lambda: made[0].digest, f"layer {diff_id[:19]}")
+                    reg.put_blob(_streamed(layer, pool, made, compression), lambda: made[0].digest,
+                                 f"layer {diff_id[:19]}")
                     break
                 except (requests.RequestException, BuildFailed) as exc:
                     if attempt == retries:
@@ -252,15 +258,15 @@ def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int
             for done in concurrent.futures.as_completed([uploads.submit(one, i) for i in order]):
                 done.result()
         image_blobs = [result[i] for i in range(len(diff_ids))]
-        blobs.remember(image_blobs)
-        built = Image(config=archive.config, blobs=image_blobs)
+        blobs.remember(image_blobs, compression)
+        built = Image(config=archive.config, blobs=image_blobs, compression=compression)
     if not (reg.has_blob(built.image_id) or reg.mount_blob(built.image_id)):
         reg.put_blob(iter([built.config]), lambda: built.image_id, "config")
-    got = reg.put_manifest(built.digest, built.manifest)
+    got = reg.put_manifest(built.digest, built.manifest, compression.manifest_type)
     if got and got != built.digest:
         raise BuildFailed(f"registry {reg.host} stored the manifest as {got}, expected {built.digest}")
     for tag in tags:  # last: a tag names a manifest that is there
-        reg.put_manifest(tag, built.manifest)
+        reg.put_manifest(tag, built.manifest, compression.manifest_type)
     pushed.digest = built.digest
     pushed.seconds = round(time.monotonic() - started, 1)
     return pushed

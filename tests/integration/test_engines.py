@@ -19,14 +19,14 @@ import sys
 import pytest
 
 from builder import blobs, diff, engine, pipeline, registry, upload
-from tests.support import ROOT, start_registry, stop_registry
+from tests.support import ROOT, start_registry, stop_registry, tar_of
 
 STORES = {"overlay2": [], "containerd": ["--containerd-store"]}
 # the backend each store's build uses: BuildKit (auto) on overlay2; the classic builder on the
 # containerd store, where BuildKit built runtime (448 s) but its content store's compressed copy
 # of every layer, beside the snapshots, left normalization's archive no room on CI's disk
 BACKENDS = {"graphdriver": "auto", "containerd": "classic"}  # by the probe's image_store
-REGISTRY_PORT = int(os.environ.get("TEST_ENGINES_REGISTRY_PORT", "5073"))
+REGISTRY_PORT = int(os.environ.get("TEST_ENGINES_REGISTRY_PORT", "5073"))  # and the next port
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,32 @@ def test_its_push_has_the_digest_the_default_engine_computes(modern_engine, mode
         stop_registry(REGISTRY_PORT, tmp_path)
         shutil.rmtree(tmp_path, ignore_errors=True)  # the registry's 4 GB of blobs
 
+
+
+@pytest.fixture(scope="module")
+def zstd_pushed(docker_client, tmp_path_factory):
+    """A small image of the default engine, pushed by the project with zstd to a fresh registry:
+    (its ref by digest, its image ID). Docker 20.10 cannot pull it (tests/integration/test_upload.py)."""
+    files = {"Dockerfile": b"FROM scratch\nCOPY a.txt /a.txt\nCOPY b.bin /b.bin\n", "a.txt": b"zstd from the project\n",
+             "b.bin": os.urandom(3 << 20)}
+    image_id = docker_client.build(io.BytesIO(tar_of(files)), target="", quiet=True)
+    folder = tmp_path_factory.mktemp("zstd-registry")
+    address = start_registry(REGISTRY_PORT + 1, folder)
+    try:
+        pushed = upload.push(docker_client, image_id, address, "ci/zstd", ["v1"], compression=blobs.ZSTD,
+                             say=lambda line: None)
+        yield f"{address}/ci/zstd@{pushed.digest}", image_id
+    finally:
+        stop_registry(REGISTRY_PORT + 1, folder)
+        docker_client.remove_image(image_id, force=True)
+
+
+def test_it_pulls_the_projects_zstd_push(modern_engine, zstd_pushed):
+    """Docker 23 and later pull zstd layers (an OCI manifest): this engine gets the image ID back."""
+    ref, image_id = zstd_pushed
+    try:
+        assert registry.pull_back(modern_engine, ref, expected_image_id=image_id) == image_id
+        assert len(modern_engine.diff_ids(image_id)) == 2
+    finally:
+        if modern_engine.image_exists(image_id):
+            modern_engine.remove_image(image_id, force=True)

@@ -112,6 +112,35 @@ def test_a_push_to_another_repository_mounts_the_blobs_from_the_first(docker_cli
     assert registry.remote_problems(registries[0], other, described.digest, expected_image_id=small_image) == []
 
 
+def test_zstd_gives_its_own_digest_an_oci_manifest_and_docker_20_cannot_pull_it(docker_client, small_image,
+                                                                                 registries):
+    """zstd blobs in an OCI manifest: the registry holds them all, and the config is the same bytes
+    (the same image ID); Docker 20.10 cannot pull such layers (test_engines pulls them into
+    Docker 28). What the README says about which engines pull zstd rests on this."""
+    repo = f"{REPO}-zstd"
+    expected = upload.describe(docker_client, small_image, compression=blobs.ZSTD)
+    pushed = upload.push(docker_client, small_image, registries[1], repo, ["zstd"], compression=blobs.ZSTD,
+                         say=lambda line: None)
+    assert pushed.digest == expected.digest and pushed.uploaded == 3
+    manifest, digest = registry.fetch_manifest(registries[1], repo, "zstd")
+    assert digest == expected.digest and manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    assert registry.remote_problems(registries[1], repo, digest, expected_image_id=small_image) == []
+    if docker_client.info.major >= 23:
+        return
+    gzip_ref = f"{registries[1]}/{REPO}@" + upload.push(docker_client, small_image, registries[1], REPO, ["v1"],
+                                                        say=lambda line: None).digest
+    docker_client.remove_image(small_image, force=True)  # a pull skips layers of an image it has
+    try:
+        events = docker_client.client.api.pull(f"{registries[1]}/{repo}@{digest}", stream=True, decode=True)
+        errors = [e["error"] for e in events if "error" in e]
+        assert errors and "failed to register layer" in errors[0], errors  # gzip is what it reads
+    finally:  # the gzip copy back, as the other tests use it
+        registry.pull_back(docker_client, gzip_ref, expected_image_id=small_image)
+        docker_client.tag(small_image, [f"pytorch-cuda-upload-{RUN}:test"])
+        docker_client.untag([gzip_ref])
+
+
 def test_the_image_archive_gives_the_same_blobs_as_the_store(docker_client, small_image, described, tmp_path,
                                                              monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing remembered: every layer compressed again

@@ -221,6 +221,20 @@ def test_a_push_refusal_names_the_images_variant(monkeypatch, capsys, tmp_path):
     assert "`python build.py build devel`" in err and "`python build.py build`" not in err
 
 
+def test_a_zstd_push_from_an_engine_that_cannot_pull_zstd_is_refused_before_anything(monkeypatch, capsys, tmp_path):
+    """The push is checked by pulling it back: Docker 20.10 cannot, so nothing is uploaded."""
+    old_engine = OneImage("runtime")
+    old_engine.info = engine.EngineInfo(  # type: ignore[attr-defined]
+        docker_host="unix:///var/run/docker.sock", server_version="20.10.24", api_version="1.41",
+        storage_driver="overlay2", image_store="graphdriver", data_root="/var/lib/docker", local=True, rootless=False,
+        buildkit=True, store_readable=True, layer_source="store", layer_source_reason="")
+    monkeypatch.setattr(engine, "connect", lambda *a, **k: old_engine)
+    code = cli.main(["push", "runtime", "--registry", "localhost:5000/x", "--records", str(tmp_path),
+                     "--compression", "zstd"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Docker 20.10.24 cannot pull zstd layers" in err and "Nothing was pushed" in err
+
+
 def test_the_password_hint_is_the_users_own_command(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", type("Empty", (), {"readline": staticmethod(lambda: "")})())
     assert cli.main(["push", "runtime", "--registry", "localhost:5000/x", "--username", "me"]) == 2
