@@ -3,8 +3,9 @@ compressed by builder/blobs.py, uploaded through the registry's HTTP API, severa
 the config (its digest is the image ID) and the manifest, and the tags last. The same image gives
 the same manifest digest from every engine and machine, and `digest` prints it without a push.
 
-Blobs the registry has are skipped (HEAD, by the digest this machine compressed before); a
-failed upload of one blob is retried from its start. A tag is written only after the manifest
+Blobs the registry has are skipped (HEAD, by the digest this machine compressed before, each
+remembered as soon as it is uploaded, so a push run again after a failure skips what got there);
+a failed upload of one blob is retried from its start. A tag is written only after the manifest
 it names is in the registry, so an interrupted push leaves no tag.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import BinaryIO
 import requests
 
 from builder import blobs
-from builder.engine import Engine
+from builder.engine import Engine, one_line
 from builder.errors import BuildFailed
 from builder.normalize.archive import Archive, Span, own_reader
 from builder.registry import HTTP_TIMEOUT, bearer_token, registry_url
@@ -243,13 +244,16 @@ def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int
                     break
                 except (requests.RequestException, BuildFailed) as exc:
                     if attempt == retries:
-                        raise BuildFailed(f"upload of layer {diff_id[:19]} failed {retries} times: {exc}") from None
+                        raise BuildFailed(f"upload of layer {diff_id[:19]} to {reg.host} failed {retries} times "
+                                          f"({one_line(exc)}); no tag was written: run the push again (layers "
+                                          f"already there are skipped)") from None
                     say(f"upload of layer {diff_id[:19]} failed ({exc}); again from its start")
                     time.sleep(2 * attempt)
             with lock:
                 result[i] = _checked(made[0], diff_id)
                 pushed.uploaded += 1
                 pushed.bytes_sent += made[0].size
+                blobs.remember([made[0]], compression)  # now: a push that fails later skips it next time
             say(f"uploaded layer {i + 1}/{len(diff_ids)} {made[0].digest[:19]} ({made[0].size / 1e6:.0f} MB)")
 
         # the biggest layers first, several at once: the push takes as long as the biggest one
@@ -258,7 +262,6 @@ def _push(c: Engine, image: str, reg: Registry, tags: list[str], *, retries: int
             for done in concurrent.futures.as_completed([uploads.submit(one, i) for i in order]):
                 done.result()
         image_blobs = [result[i] for i in range(len(diff_ids))]
-        blobs.remember(image_blobs, compression)
         built = Image(config=archive.config, blobs=image_blobs, compression=compression)
     if not (reg.has_blob(built.image_id) or reg.mount_blob(built.image_id)):
         reg.put_blob(iter([built.config]), lambda: built.image_id, "config")

@@ -49,7 +49,7 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The innermost cause of an exception, on one line."""
     seen = set()
     while (exc.__cause__ or exc.__context__) and id(exc) not in seen:
@@ -72,7 +72,7 @@ def connection_lost(exc: BaseException) -> str | None:
     while node is not None and id(node) not in seen:
         seen.add(id(node))
         if type(node).__name__ in _CONNECTION_ERRORS:
-            return _one_line(node)
+            return one_line(node)
         node = node.__cause__ or node.__context__
     return None
 
@@ -85,7 +85,7 @@ def connect(layer_source: str = "auto") -> "Engine":
         client.ping()
         info, version = client.info(), client.version()
     except Exception as exc:  # the SDK, requests, urllib3 or paramiko, depending on the scheme
-        raise UserError(f"no Docker engine answers at {where} ({_one_line(exc)}); start one with "
+        raise UserError(f"no Docker engine answers at {where} ({one_line(exc)}); start one with "
                         f"`scripts/start-engine` (or `make engine`), or point DOCKER_HOST at one") from None
     found = probe(info, version, where, layer_source)
     if layer_source == "store" and not found.store_readable:

@@ -20,6 +20,7 @@ import docker.errors
 import pytest
 
 from builder import blobs, engine, registry, upload
+from builder.errors import BuildFailed
 from tests.support import ROOT, start_registry, stop_registry
 
 pytestmark = pytest.mark.engine
@@ -139,6 +140,41 @@ def test_zstd_gives_its_own_digest_an_oci_manifest_and_docker_20_cannot_pull_it(
         registry.pull_back(docker_client, gzip_ref, expected_image_id=small_image)
         docker_client.tag(small_image, [f"pytorch-cuda-upload-{RUN}:test"])
         docker_client.untag([gzip_ref])
+
+
+def test_a_registry_that_goes_away_mid_push_gets_no_tag_and_a_second_push_finishes(docker_client, small_image,
+                                                                                      tmp_path):
+    """The registry is stopped once the first layer is in, while the others stream: the push fails
+    naming the registry, no tag is written; back up on the same storage, pushing again uploads only
+    what is missing and writes the tag."""
+    port, repo = PORTS[-1] + 1, f"{REPO}-fault"
+    address = start_registry(port, tmp_path)
+    stopped: list[str] = []
+
+    def stop_after_the_first_layer(line: str) -> None:
+        if line.startswith("uploaded layer") and not stopped:
+            stop_registry(port, tmp_path)
+            stopped.append(line)
+
+    try:
+        with pytest.raises(BuildFailed) as caught:
+            upload.push(docker_client, small_image, address, repo, ["v1"], retries=2,
+                        say=stop_after_the_first_layer)
+        assert stopped, "the push ended before the registry could be stopped"
+        message = str(caught.value)
+        assert address in message and "run the push again" in message and "onnection refused" in message, message
+        start_registry(port, tmp_path)
+        assert registry.fetch_manifest(address, repo, "v1") is None  # no tag names a partial image
+        again = upload.push(docker_client, small_image, address, repo, ["v1"], say=lambda line: None)
+        assert again.skipped >= 1 and again.uploaded + again.skipped == 3
+        assert registry.remote_problems(address, repo, "v1", expected_image_id=small_image) == []
+    finally:
+        stop_registry(port, tmp_path)
+
+
+def test_a_registry_that_does_not_answer_is_named_and_nothing_is_pushed(docker_client, small_image):
+    with pytest.raises(BuildFailed, match=r"registry 127\.0\.0\.1:\d+ does not answer .*nothing was pushed"):
+        upload.push(docker_client, small_image, f"127.0.0.1:{PORTS[-1] + 2}", REPO, ["v1"], say=lambda line: None)
 
 
 def test_the_image_archive_gives_the_same_blobs_as_the_store(docker_client, small_image, described, tmp_path,
