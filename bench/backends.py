@@ -102,10 +102,18 @@ def stop_registry(port: int, folder: str) -> None:
 def own_push(c: engine.Engine, image_id: str, address: str) -> tuple[str, int]:
     """The project's push (builder/upload.py) with no blob compressed before: (manifest digest,
     compressed bytes)."""
+    previous = os.environ.get("XDG_CACHE_HOME")
     with tempfile.TemporaryDirectory(prefix="pytorch-cuda-bench-blobs-") as cache:
         os.environ["XDG_CACHE_HOME"] = cache
-        with blobs.compressors() as pool:
-            pushed = upload.push(c, image_id, address, "bench/runtime", ["bench"], pool=pool, say=lambda line: None)
+        try:
+            with blobs.compressors() as pool:
+                pushed = upload.push(c, image_id, address, "bench/runtime", ["bench"], pool=pool,
+                                     say=lambda line: None)
+        finally:  # not left pointing at a removed folder
+            if previous is None:
+                os.environ.pop("XDG_CACHE_HOME", None)
+            else:
+                os.environ["XDG_CACHE_HOME"] = previous
         return pushed.digest, pushed.bytes_sent
 
 

@@ -49,6 +49,7 @@ class Compression:
 
     name: str
     library: str  # the pinned wheel whose version the bytes depend on
+    implementation: str  # what that wheel compresses with, as the scheme names it
     level: int
     block: Callable[[bytes], bytes]  # a module-level function: it runs in the compressor processes
     layer_type: str
@@ -56,18 +57,18 @@ class Compression:
     manifest_type: str
 
 
-GZIP = Compression("gzip", "deflate", 6, _gzip_block, "application/vnd.docker.image.rootfs.diff.tar.gzip",
+GZIP = Compression("gzip", "deflate", "libdeflate", 6, _gzip_block, "application/vnd.docker.image.rootfs.diff.tar.gzip",
                    "application/vnd.docker.container.image.v1+json",
                    "application/vnd.docker.distribution.manifest.v2+json")
-ZSTD = Compression("zstd", "zstandard", 3, _zstd_block, "application/vnd.oci.image.layer.v1.tar+zstd",
+ZSTD = Compression("zstd", "zstandard", "zstandard", 3, _zstd_block, "application/vnd.oci.image.layer.v1.tar+zstd",
                    "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.manifest.v1+json")
 COMPRESSIONS = {c.name: c for c in (GZIP, ZSTD)}
 
 
 def scheme(compression: Compression = GZIP) -> str:
     """What the blobs' bytes depend on besides the layer: recorded beside each digest."""
-    library = "libdeflate" if compression is GZIP else compression.library
-    return f"{compression.name}:{library}-{version(compression.library)}:level{compression.level}:block{BLOCK >> 20}MiB"
+    return (f"{compression.name}:{compression.implementation}-{version(compression.library)}:"
+            f"level{compression.level}:block{BLOCK >> 20}MiB")
 
 
 @dataclass(frozen=True)
